@@ -1,0 +1,221 @@
+"""The `dynsparse` command: train, evaluate, profile, serve, export.
+
+Bad arguments or inputs print one line on stderr and exit 2; an unexpected failure prints one line
+and exits 1, with the traceback in the log file. Never a traceback on the console.
+"""
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dynsparse.errors import InputError
+
+log = logging.getLogger("dynsparse")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2 (argparse's own prints the whole usage)
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _guarded(fn: Callable[[], Any]) -> int:
+    from dynsparse.cli_logging import setup_console_log
+
+    setup_console_log()
+    try:
+        fn()
+        return 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # last resort: one line on the console, the traceback in a file
+        from dynsparse.recipe import cache_dir
+
+        where = cache_dir() / "last-error.log"
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text(traceback.format_exc())
+        log.debug("unexpected failure", exc_info=True)
+        print(f"error: unexpected {type(e).__name__}: {str(e)[:300]} (traceback in {where})", file=sys.stderr)
+        return 1
+
+
+# -- train -------------------------------------------------------------------------------------------
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """`python train.py ...` / `dynsparse train ...`: flags follow transformers' run_glue.py."""
+    from transformers import HfArgumentParser
+
+    from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    types = (ModelArguments, DataArguments, SparsityArguments, TrainArguments)
+    parser = HfArgumentParser(types, prog="train.py", description="Once-for-all Dynamic Sparsification training.")
+    parser.add_argument("--config", help="json or yaml file of flags (command-line flags override it)")
+    parser.error = _Parser.error.__get__(parser)  # type: ignore[method-assign]
+
+    def run() -> None:
+        from dynsparse.recipe import run_training
+
+        pre, _ = parser.parse_known_args(argv)
+        if pre.config:
+            parser.set_defaults(**_read_config(Path(pre.config), parser))
+        try:
+            m, d, sp, t, _extra = parser.parse_args_into_dataclasses(args=argv)
+        except ValueError as e:  # a dataclass's __post_init__ check
+            raise InputError(str(e)) from None
+        run_training(m, d, sp, t)
+
+    return _guarded(run)
+
+
+def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"--config {path}: no such file")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            cfg = yaml.safe_load(path.read_text())
+        else:
+            cfg = json.loads(path.read_text())
+    except Exception as e:  # yaml and json raise their own types
+        raise InputError(f"--config {path}: cannot parse ({str(e).splitlines()[0]})") from None
+    known = {a.dest for a in parser._actions}
+    if not isinstance(cfg, dict) or set(cfg) - known:
+        raise InputError(f"--config {path}: unknown keys {sorted(set(cfg) - known) if isinstance(cfg, dict) else cfg}")
+    return cfg
+
+
+# -- evaluate / profile ------------------------------------------------------------------------------
+def _evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    import dynsparse
+    from dynsparse.config import DataArguments
+    from dynsparse.data import detect_columns, encode, load_split
+    from dynsparse.evaluate import default_levels, evaluate_levels, make_loader, write_levels
+    from dynsparse.recipe import level_info
+    from dynsparse.tasks import make_task
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = dynsparse.load(args.checkpoint, device=device)
+    raw = load_split(args.validation_file, "validation data")
+    if args.max_eval_samples:
+        raw = raw.select(range(min(args.max_eval_samples, len(raw))))
+    cols_meta = model.meta.get("columns", {})
+    dargs = DataArguments(text_column=args.text_column or cols_meta.get("text"), label_column=args.label_column,
+                          text_pair_column=args.text_pair_column or cols_meta.get("pair"))  # fmt: skip
+    cols = detect_columns(raw, dargs)
+    labels = model.meta["labels"]
+    ds = encode(raw, model.tokenizer, cols, labels, min(args.max_seq_length, model.shape.max_positions - 2), "data")
+    task = make_task(model.meta.get("task", "text-classification"), len(labels))
+    lo, hi = model.meta["sparsity_range"]
+    levels = args.levels or [x for x in default_levels(hi) if x >= lo] or [lo]
+    rows = evaluate_levels(model, task, make_loader(ds, model.tokenizer, args.batch_size), levels,
+                           args.latency_batch, args.latency_seq_len)  # fmt: skip
+    info = level_info(model, model.meta.get("base_model", args.checkpoint), device, args.latency_batch,
+                      args.latency_seq_len)  # fmt: skip
+    write_levels(rows, Path(args.output_dir), task.main_metric, {**info, "checkpoint": args.checkpoint,
+                                                                 "data": args.validation_file})  # fmt: skip
+
+
+def _profile(args: argparse.Namespace) -> None:
+    import torch
+
+    import dynsparse
+    from dynsparse.evaluate import default_levels
+    from dynsparse.profile import profile_levels
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = dynsparse.load(args.checkpoint, device=device)
+    levels = args.levels or default_levels(model.meta["sparsity_range"][1])
+    rows = profile_levels(model, levels, args.batch_sizes, args.seq_lens)
+    print(f"{'sparsity':>9} {'batch':>6} {'seq_len':>8} {'latency_ms':>11}")
+    for r in rows:
+        print(f"{r['sparsity']:>9} {r['batch']:>6} {r['seq_len']:>8} {r['latency_ms']:>11.2f}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({"device": str(device), "rows": rows}, indent=2))
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"need a positive integer, got {text!r}")
+    return int(text)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        from service.cli import serve
+    except ImportError as e:
+        raise InputError(f"serving needs the 'serve' extra: pip install 'dynsparse[serve]' ({e})") from None
+    serve(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dynsparse", description="Train once, run and serve any sparsity from one checkpoint.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("train", help="once-for-all training (same flags as train.py; see `train.py --help`)")
+
+    ev = sub.add_parser("evaluate", help="every level of a checkpoint: levels.json, levels.png, a table")
+    ev.add_argument("checkpoint")
+    ev.add_argument("--validation_file", required=True)
+    ev.add_argument("--output_dir", required=True)
+    ev.add_argument("--levels", type=_sparsity, nargs="+", help="default: 0, 0.1, ... up to the trained maximum")
+    ev.add_argument("--batch_size", type=_positive, default=64)
+    ev.add_argument("--max_seq_length", type=_positive, default=128)
+    ev.add_argument("--max_eval_samples", type=_positive)
+    ev.add_argument("--latency_batch", type=_positive, default=8)
+    ev.add_argument("--latency_seq_len", type=_positive, default=128)
+    ev.add_argument("--text_column")
+    ev.add_argument("--text_pair_column")
+    ev.add_argument("--label_column", default="label")
+    ev.add_argument("--device")
+    ev.set_defaults(run=_evaluate)
+
+    pr = sub.add_parser("profile", help="measured latency per level, batch size and sequence length")
+    pr.add_argument("checkpoint")
+    pr.add_argument("--levels", type=_sparsity, nargs="+")
+    pr.add_argument("--batch_sizes", type=_positive, nargs="+", default=[1, 8])
+    pr.add_argument("--seq_lens", type=_positive, nargs="+", default=[32, 128])
+    pr.add_argument("--output", help="also write the rows as JSON here")
+    pr.add_argument("--device")
+    pr.set_defaults(run=_profile)
+
+    sv = sub.add_parser("serve", help="the HTTP server (FastAPI); settings also from DYNSPARSE_* variables")
+    sv.add_argument("checkpoint")
+    sv.add_argument("--host", default=None)
+    sv.add_argument("--port", type=int, default=None)
+    sv.add_argument("--device", default=None)
+    sv.set_defaults(run=_serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return _guarded(lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

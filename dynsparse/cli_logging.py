@@ -1,0 +1,34 @@
+"""Logging for the commands: concise INFO lines on the console (kept clear of progress bars), DEBUG to a file."""
+
+import logging
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record))
+
+
+def setup_console_log(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if any(isinstance(h, _TqdmHandler) for h in root.handlers):
+        return
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("[dynsparse] %(message)s"))
+    handler.setLevel(level)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "fsspec", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_file_log(path: Path) -> None:
+    """Also log everything (DEBUG) to `path`, e.g. OUTPUT_DIR/train.log."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)

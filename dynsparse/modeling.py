@@ -1,0 +1,213 @@
+"""The elastic encoder: one set of weights, any width, chosen per forward call.
+
+Units (heads, FFN neurons) are stored in importance order, so the units kept at sparsity s are a
+*prefix*. Every prunable weight is stored with its unit on dim 0 (the two output projections are kept
+transposed), which makes a size's weights contiguous views `w[:k]`: a size switch copies nothing and
+the matmuls really shrink.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.activations import ACT2FN
+
+from dynsparse.config import Allocation
+from dynsparse.cost import head_cost, neuron_cost
+from dynsparse.errors import InputError
+from dynsparse.family import EncoderShape, Family
+from dynsparse.masks import GlobalRanking, Structure, global_structure, rank_globally, uniform_structure
+
+
+@dataclass
+class EncoderOutput:
+    logits: Tensor  # (B, num_labels)
+    last_hidden_state: Tensor  # (B, T, H)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, shape: EncoderShape, padded_positions: bool, dropout: float) -> None:
+        super().__init__()
+        e = shape.embedding_size
+        self.word = nn.Embedding(shape.vocab_size, e)
+        self.position = nn.Embedding(shape.max_positions, e)
+        self.token_type = nn.Embedding(shape.type_vocab, e) if shape.type_vocab else None
+        self.norm = nn.LayerNorm(e, eps=shape.ln_eps)
+        self.project = nn.Linear(e, shape.hidden) if e != shape.hidden else None
+        self.dropout = nn.Dropout(dropout)
+        self.padded_positions = padded_positions
+        self.pad_token_id = shape.pad_token_id
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None) -> Tensor:
+        if self.padded_positions:  # RoBERTa: positions start after padding_idx, pads keep padding_idx
+            not_pad = input_ids.ne(self.pad_token_id).long()  # (B, T)
+            positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_token_id
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        x = self.word(input_ids) + self.position(positions)  # (B, T, E)
+        if self.token_type is not None:
+            types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+            x = x + self.token_type(types)
+        x = self.dropout(self.norm(x))
+        return self.project(x) if self.project is not None else x
+
+
+class ElasticLayer(nn.Module):
+    """A post-LayerNorm transformer layer whose heads and neurons are prefixes of its weights."""
+
+    def __init__(self, shape: EncoderShape, hidden_dropout: float, attn_dropout: float) -> None:
+        super().__init__()
+        d, a, f = shape.hidden, shape.heads * shape.head_dim, shape.intermediate
+        self.head_dim = shape.head_dim
+        self.q_weight, self.q_bias = nn.Parameter(torch.empty(a, d)), nn.Parameter(torch.zeros(a))
+        self.k_weight, self.k_bias = nn.Parameter(torch.empty(a, d)), nn.Parameter(torch.zeros(a))
+        self.v_weight, self.v_bias = nn.Parameter(torch.empty(a, d)), nn.Parameter(torch.zeros(a))
+        self.attn_out_weight_t = nn.Parameter(torch.empty(a, d))  # transposed: head rows are a prefix
+        self.attn_out_bias = nn.Parameter(torch.zeros(d))
+        self.attn_norm = nn.LayerNorm(d, eps=shape.ln_eps)
+        self.ffn_in_weight, self.ffn_in_bias = nn.Parameter(torch.empty(f, d)), nn.Parameter(torch.zeros(f))
+        self.ffn_out_weight_t = nn.Parameter(torch.empty(f, d))  # transposed: neuron rows are a prefix
+        self.ffn_out_bias = nn.Parameter(torch.zeros(d))
+        self.ffn_norm = nn.LayerNorm(d, eps=shape.ln_eps)
+        self.act = ACT2FN[shape.act]
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.attn_dropout = attn_dropout
+        for w in (self.q_weight, self.k_weight, self.v_weight, self.attn_out_weight_t, self.ffn_in_weight,
+                  self.ffn_out_weight_t):  # fmt: skip
+            nn.init.normal_(w, std=0.02)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, heads: int, neurons: int,
+        head_gate: Tensor | None = None, neuron_gate: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        b, t, _ = x.shape
+        a = heads * self.head_dim
+        q = F.linear(x, self.q_weight[:a], self.q_bias[:a]).view(b, t, heads, -1).transpose(1, 2)  # (B, h, T, hd)
+        k = F.linear(x, self.k_weight[:a], self.k_bias[:a]).view(b, t, heads, -1).transpose(1, 2)
+        v = F.linear(x, self.v_weight[:a], self.v_bias[:a]).view(b, t, heads, -1).transpose(1, 2)
+        p = self.attn_dropout if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)  # (B, T, h, hd)
+        if head_gate is not None:  # masked forward (importance, tests): scale each head's output
+            ctx = ctx * head_gate.view(1, 1, -1, 1)
+        attn = torch.matmul(ctx.reshape(b, t, a), self.attn_out_weight_t[:a]) + self.attn_out_bias  # (B, T, H)
+        x = self.attn_norm(x + self.dropout(attn))
+        inner = self.act(F.linear(x, self.ffn_in_weight[:neurons], self.ffn_in_bias[:neurons]))  # (B, T, n)
+        if neuron_gate is not None:
+            inner = inner * neuron_gate
+        out = torch.matmul(inner, self.ffn_out_weight_t[:neurons]) + self.ffn_out_bias  # (B, T, H)
+        return self.ffn_norm(x + self.dropout(out))
+
+
+class ClassifierHead(nn.Module):
+    """First token -> dense -> activation -> label logits (BERT's pooler + classifier, RoBERTa's head)."""
+
+    def __init__(self, shape: EncoderShape, act: str, dropout: float) -> None:
+        super().__init__()
+        self.pool = nn.Linear(shape.hidden, shape.hidden)
+        self.act = ACT2FN[act]
+        self.classifier = nn.Linear(shape.hidden, shape.num_labels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        pooled = self.act(self.pool(self.dropout(hidden[:, 0])))  # (B, H)
+        return self.classifier(self.dropout(pooled))  # (B, C)
+
+
+class ElasticModel(nn.Module):
+    """An encoder that runs at any sparsity in [0, 1) from one set of weights.
+
+    Example:
+        >>> model = dynsparse.load("runs/sst2")
+        >>> model.structure(0.5)                      # per layer (heads, neurons) kept
+        >>> model(input_ids=ids, attention_mask=mask, sparsity=0.5).logits
+    """
+
+    def __init__(
+        self, shape: EncoderShape, family: Family, hf_config: Any, allocation: Allocation = "uniform",
+        tokenizer: Any = None, meta: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.shape, self.family, self.hf_config, self.tokenizer = shape, family, hf_config, tokenizer
+        self.allocation: Allocation = allocation
+        self.meta: dict[str, Any] = dict(meta or {})
+        hidden_dropout = getattr(hf_config, "hidden_dropout_prob", getattr(hf_config, "dropout", 0.1))
+        attn_dropout = getattr(hf_config, "attention_probs_dropout_prob", getattr(hf_config, "attention_dropout", 0.1))
+        self.embeddings = Embeddings(shape, family.padded_positions, hidden_dropout)
+        self.layers = nn.ModuleList(ElasticLayer(shape, hidden_dropout, attn_dropout) for _ in range(shape.layers))
+        self.head = ClassifierHead(shape, family.pool_act, hidden_dropout)
+        # Importance scores, sorted descending per layer (units are stored in this order). The natural order
+        # (a descending ramp) until training or `rewire` sets real scores.
+        self.register_buffer("head_scores", torch.linspace(1, 0, shape.heads).repeat(shape.layers, 1))  # (L, H)
+        self.register_buffer("neuron_scores", torch.linspace(1, 0, shape.intermediate).repeat(shape.layers, 1))
+        self._structures: dict[float, Structure] = {}
+        self._ranking: GlobalRanking | None = None
+
+    # -- sizes -------------------------------------------------------------------------------------
+    def structure(self, sparsity: float) -> Structure:
+        """Per layer, the (heads, neurons) kept at `sparsity`; nested: a larger s keeps a subset."""
+        check_sparsity(sparsity)
+        if sparsity not in self._structures:
+            if self.allocation == "global":
+                self._ranking = self._ranking or rank_globally(
+                    self.head_scores.cpu(), self.neuron_scores.cpu(), head_cost(self.shape), neuron_cost(self.shape)
+                )
+                self._structures[sparsity] = global_structure(sparsity, self._ranking)
+            else:
+                s = self.shape
+                self._structures[sparsity] = uniform_structure(sparsity, s.layers, s.heads, s.intermediate)
+        return self._structures[sparsity]
+
+    def set_scores(self, head_scores: Tensor, neuron_scores: Tensor) -> None:
+        """Record the (already sorted) importance that fixes the ordering; forgets cached structures."""
+        self.head_scores.copy_(head_scores)
+        self.neuron_scores.copy_(neuron_scores)
+        self._structures.clear()
+        self._ranking = None
+
+    def set_allocation(self, allocation: Allocation) -> None:
+        self.allocation = allocation
+        self._structures.clear()
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+        sparsity: float = 0.0, structure: Structure | None = None,
+        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None,
+    ) -> EncoderOutput:  # fmt: skip
+        """Run at `sparsity` (or an explicit `structure`); `head_mask` (L, H) / `neuron_mask` (L, F)
+        instead scale units of the full-width model (the masked forward used for importance and tests)."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, structure, head_mask, neuron_mask)
+        return EncoderOutput(logits=self.head(hidden), last_hidden_state=hidden)
+
+    def encode(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
+        sparsity: float = 0.0, structure: Structure | None = None,
+        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
+        """The last hidden states (B, T, H) at a size."""
+        if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+            raise InputError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
+        if structure is None:
+            structure = self.structure(sparsity)
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        for i, (layer, (heads, neurons)) in enumerate(zip(self.layers, structure, strict=True)):
+            hg = head_mask[i] if head_mask is not None else None
+            ng = neuron_mask[i] if neuron_mask is not None else None
+            x = layer(x, mask, heads, neurons, hg, ng)
+        return x
+
+    def save(self, path: str) -> None:
+        """Write the checkpoint directory (see `dynsparse.checkpoint`)."""
+        from dynsparse.checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
+
+
+def check_sparsity(sparsity: float) -> None:
+    if not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
+        raise InputError(f"sparsity must be a number in [0, 1), got {sparsity!r}")

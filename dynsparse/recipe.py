@@ -1,0 +1,135 @@
+"""The training recipe behind `train.py` / `dynsparse train`: setup, train, evaluate every level, save.
+
+Everything that can fail on user input (model path, architecture, data files, columns, labels) is
+checked before the output directory is touched, so a bad run leaves nothing behind.
+"""
+
+import logging
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynsparse.checkpoint import META
+from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
+from dynsparse.data import Columns, detect_columns, encode, label_names, load_split
+from dynsparse.errors import InputError
+from dynsparse.evaluate import LATENCY_BATCH, LATENCY_SEQ_LEN, default_levels, evaluate_levels, make_loader, write_levels
+from dynsparse.modeling import ElasticModel
+from dynsparse.pretrained import from_pretrained, load_hf_config
+from dynsparse.tasks import Task, make_task
+from dynsparse.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    model: ElasticModel
+    task: Task
+    train_ds: Any
+    eval_ds: Any
+    teacher: ElasticModel | None
+    columns: Columns
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DYNSPARSE_CACHE", Path.home() / ".cache" / "dynsparse"))
+
+
+def resolve_defaults(m: ModelArguments, d: DataArguments) -> tuple[ModelArguments, DataArguments]:
+    """Fill in the embedded default model and data where none are given."""
+    from dataclasses import replace
+
+    from dynsparse.default import default_model_path, prepare_rotten_tomatoes
+
+    if m.model_name_or_path is None:
+        m = replace(m, model_name_or_path=default_model_path())
+    if d.train_file is None:
+        if d.validation_file is not None:
+            raise InputError("--validation_file given without --train_file")
+        train, valid = prepare_rotten_tomatoes(cache_dir() / "rotten_tomatoes")
+        d = replace(d, train_file=train, validation_file=valid)
+    return m, d
+
+
+def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
+    """Load and check model, data and teacher; nothing is written yet."""
+    assert m.model_name_or_path is not None and d.train_file is not None  # resolve_defaults ran
+    load_hf_config(m.model_name_or_path)  # a bad path or architecture fails before the data is read
+    train_raw = load_split(d.train_file, "training data")
+    eval_raw = load_split(d.validation_file, "validation data") if d.validation_file else None
+    if d.max_train_samples:
+        train_raw = train_raw.select(range(min(d.max_train_samples, len(train_raw))))
+    if eval_raw is not None and d.max_eval_samples:
+        eval_raw = eval_raw.select(range(min(d.max_eval_samples, len(eval_raw))))
+    cols = detect_columns(train_raw, d)
+    if eval_raw is not None:
+        detect_columns(eval_raw, d)
+    labels = label_names(train_raw, cols.label)
+    task = make_task(d.task, len(labels))
+    model = from_pretrained(m.model_name_or_path, labels=labels, allocation=sp.allocation)
+    model.meta.update(task=d.task, labels=labels, columns={"text": cols.text, "pair": cols.pair})
+    max_len = min(d.max_seq_length, model.shape.max_positions - 2)
+    train_ds = encode(train_raw, model.tokenizer, cols, labels, max_len, "training data")
+    eval_ds = encode(eval_raw, model.tokenizer, cols, labels, max_len, "validation data") if eval_raw else None
+    teacher = None
+    if m.teacher_name_or_path:
+        teacher = from_pretrained(m.teacher_name_or_path, tokenizer=False)
+        if teacher.shape.num_labels != len(labels):
+            raise InputError(f"teacher has {teacher.shape.num_labels} labels, the data has {len(labels)}")
+    return Setup(model, task, train_ds, eval_ds, teacher, cols)
+
+
+def prepare_output_dir(t: TrainArguments) -> Path:
+    out = Path(t.output_dir)
+    if (out / META).exists() and not (t.overwrite_output_dir or t.resume_from_checkpoint):
+        raise InputError(f"{out} already holds a checkpoint: pass --overwrite_output_dir or --resume_from_checkpoint")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output_dir {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_training(m: ModelArguments, d: DataArguments, sp: SparsityArguments, t: TrainArguments) -> Path:
+    """Train once, evaluate every level, write the checkpoint at the top of `output_dir`."""
+    m, d = resolve_defaults(m, d)
+    torch.manual_seed(t.seed)
+    s = setup(m, d, sp)
+    out = prepare_output_dir(t)
+    from dynsparse.cli_logging import add_file_log
+
+    add_file_log(out / "train.log")
+    log.info("training %s on %s (%d examples, labels %s)", m.model_name_or_path, d.train_file, len(s.train_ds),
+             s.model.meta["labels"])  # fmt: skip
+    trainer = Trainer(s.model, s.task, s.train_ds, s.eval_ds, t, sp, s.teacher)
+    summary = trainer.train()
+    model = trainer.model
+    levels = default_levels(sp.max_sparsity)
+    if sp.min_sparsity > 0:
+        levels = [x for x in levels if x >= sp.min_sparsity] or [sp.min_sparsity]
+    loader = make_loader(s.eval_ds, model.tokenizer, t.per_device_eval_batch_size) if s.eval_ds else None
+    rows = evaluate_levels(model, s.task, loader, levels, LATENCY_BATCH, LATENCY_SEQ_LEN)
+    info = level_info(model, m.model_name_or_path or "", trainer.device, LATENCY_BATCH, LATENCY_SEQ_LEN)
+    model.meta.update(
+        sparsity_range=[sp.min_sparsity, sp.max_sparsity], levels=rows, level_info=info,
+        training={**summary, "args": {**asdict(m), **asdict(d), **asdict(sp), **asdict(t)}},
+    )  # fmt: skip
+    model.save(str(out))
+    write_levels(rows, out, s.task.main_metric if loader else None, info)
+    log.info("checkpoint written to %s", out)
+    return out
+
+
+def level_info(model: ElasticModel, name: str, device: torch.device | str, batch: int, seq_len: int) -> dict[str, Any]:
+    """What the level table was measured on (stored beside it)."""
+    dev = str(device)
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(torch.device(dev))
+    else:
+        dev = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return {"model": Path(name).name or name, "device": dev, "latency_batch": batch, "latency_seq_len": seq_len,
+            "allocation": model.allocation}  # fmt: skip

@@ -1,0 +1,211 @@
+"""Once-for-all training: every step trains several sizes of one set of weights.
+
+Phase 1 (importance, the first `importance_ratio` of steps, Taylor only): plain dense fine-tuning while
+the Taylor scorer accumulates |m * dL/dm| per head and neuron. Then the model is rewired (units
+permuted into importance order, Adam moments with them), which fixes the nested ordering.
+Phase 2 (sandwich): each step runs the densest size on the labels and the smallest plus random sizes
+on a mix of labels and the dense forward's soft predictions (in-place distillation) or a fixed
+teacher's; sub-sizes run as real prefix slices, so they cost less than the dense forward.
+"""
+
+import json
+import logging
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from dynsparse.config import SparsityArguments, TrainArguments
+from dynsparse.evaluate import make_loader, predict_levels
+from dynsparse.importance import TaylorScorer, magnitude_scores
+from dynsparse.modeling import ElasticModel
+from dynsparse.rewire import rewire
+from dynsparse.schedule import batch_indices, sample_sizes, total_steps
+from dynsparse.tasks import Task, distill_loss
+from dynsparse.train_state import TrainerState, load_state, resolve_resume, save_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+
+class Trainer:
+    """Holds the training state; `train()` only calls `_step`, `_evaluate` and `_save`."""
+
+    def __init__(
+        self, model: ElasticModel, task: Task, train_ds: Dataset, eval_ds: Dataset | None, args: TrainArguments,
+        sparsity: SparsityArguments, teacher: ElasticModel | None = None,
+    ) -> None:  # fmt: skip
+        self.model, self.task, self.train_ds, self.eval_ds = model, task, train_ds, eval_ds
+        self.args, self.sp, self.teacher = args, sparsity, teacher
+        self.out_dir = Path(args.output_dir)
+        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
+        from transformers import DataCollatorWithPadding
+
+        self.collate = DataCollatorWithPadding(model.tokenizer)
+        self.total = total_steps(args.max_steps, args.num_train_epochs, len(train_ds),
+                                 args.per_device_train_batch_size, args.gradient_accumulation_steps)  # fmt: skip
+        self.optimizer = self._make_optimizer()
+        from transformers import get_linear_schedule_with_warmup
+
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(args.warmup_ratio * self.total),
+                                                         self.total)  # fmt: skip
+        imp_steps = round(sparsity.importance_ratio * self.total) if sparsity.importance == "taylor" else 0
+        self.state = TrainerState(importance_steps=imp_steps)
+        s = model.shape
+        self.scorer = TaylorScorer(s.layers, s.heads, s.intermediate, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
+        if self.device.type != "cuda":
+            self.amp_dtype = None  # autocast is a GPU feature here; CPU trains in fp32
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.log_path = self.out_dir / "train_log.jsonl"
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.args.learning_rate)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Train to the last step (resuming first when asked); returns a summary of the run."""
+        if self.args.resume_from_checkpoint:
+            self._resume(resolve_resume(self.args.resume_from_checkpoint, self.out_dir))
+        elif self.sp.importance == "magnitude" and not self.state.rewired:
+            self._rewire(*magnitude_scores(self.model))
+        self.model.meta["ordering"] = {"estimator": self.sp.importance}
+        start, t0 = self.state.step, time.time()
+        bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True)
+        with bar, open(self.log_path, "a") as log_file:
+            while self.state.step < self.total:
+                if self._importance_done():
+                    self._rewire(*self.scorer.scores())
+                record = self._step()
+                self.state.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", phase=record["phase"])
+                if self._due(self.args.eval_steps):
+                    record.update(self._evaluate())
+                    log.info("step %d: %s", self.state.step, {k: v for k, v in record.items() if "eval" in k})
+                if self._due(self.args.logging_steps) or "eval_dense_accuracy" in record:
+                    log_file.write(json.dumps({"step": self.state.step, **record}) + "\n")
+                    log_file.flush()
+                if self._due(self.args.save_steps):
+                    self._save()
+        if not self.state.rewired and self.sp.importance == "taylor":  # fewer steps than the importance phase
+            self._rewire(*self.scorer.scores())
+        elapsed = time.time() - t0
+        return {"steps": self.total, "resumed_at": start, "seconds": round(elapsed, 1),
+                "steps_per_second": round((self.total - start) / max(elapsed, 1e-9), 3),
+                "importance_steps": self.state.importance_steps}  # fmt: skip
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.state.step % every == 0
+
+    def _importance_done(self) -> bool:
+        return self.sp.importance == "taylor" and not self.state.rewired and \
+            self.state.step >= self.state.importance_steps  # fmt: skip
+
+    def _rewire(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> None:
+        rewire(self.model, head_scores, neuron_scores, self.optimizer)
+        self.state.rewired = True
+        log.info("step %d: ordering fixed (%s importance); units rewired", self.state.step, self.sp.importance)
+
+    # -- one optimizer step --------------------------------------------------------------------------
+    def _step(self) -> dict[str, Any]:
+        """One optimizer step over `gradient_accumulation_steps` micro-batches."""
+        self.model.train()
+        dense_phase = self.sp.importance == "taylor" and not self.state.rewired
+        sizes = [self.sp.min_sparsity] if dense_phase else sample_sizes(
+            self.state.step, self.args.seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step)
+        losses = dict.fromkeys(sizes, 0.0)
+        accum = self.args.gradient_accumulation_steps
+        for micro in range(accum):
+            batch = self._batch(self.state.step * accum + micro)
+            for s, loss in self._micro_step(batch, sizes, dense_phase).items():
+                losses[s] += loss / accum
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"phase": "importance" if dense_phase else "sandwich", "loss": sum(losses.values()),
+                "loss_by_size": {f"{s:.3f}": round(v, 5) for s, v in losses.items()},
+                "grad_norm": round(float(grad_norm), 4), "lr": self.scheduler.get_last_lr()[0]}  # fmt: skip
+
+    def _micro_step(self, batch: Batch, sizes: list[float], dense_phase: bool) -> dict[float, float]:
+        """Forward and backward every size on one micro-batch; returns each size's loss."""
+        scale = 1.0 / self.args.gradient_accumulation_steps
+        gates = self.scorer.gates() if dense_phase else (None, None)
+        with self._autocast():
+            out = self.model(**batch.inputs, sparsity=sizes[0], head_mask=gates[0], neuron_mask=gates[1])
+            loss = self.task.loss(out.logits, batch.labels)
+        self.scaler.scale(loss * scale).backward()
+        if dense_phase:
+            self.scorer.update(*gates)
+        losses = {sizes[0]: loss.item()}
+        soft = self._teacher_logits(batch, out.logits)
+        a, t = self.sp.distill_alpha, self.sp.distill_temperature
+        for s in sizes[1:]:
+            with self._autocast():
+                logits = self.model(**batch.inputs, sparsity=s).logits
+                sub = a * distill_loss(logits.float(), soft, t) + (1 - a) * self.task.loss(logits, batch.labels)
+            self.scaler.scale(sub * scale).backward()
+            losses[s] = sub.item()
+        return losses
+
+    def _teacher_logits(self, batch: Batch, dense_logits: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            return dense_logits.detach().float()  # in-place distillation from this step's dense forward
+        with torch.no_grad(), self._autocast():
+            return self.teacher(**batch.inputs).logits.float()
+
+    def _autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _batch(self, micro_step: int) -> Batch:
+        idx = batch_indices(micro_step, self.args.seed, len(self.train_ds), self.args.per_device_train_batch_size)
+        features = self.collate([self.train_ds[int(i)] for i in idx])
+        labels = features.pop("labels").to(self.device)
+        return Batch(inputs={k: v.to(self.device) for k, v in features.items()}, labels=labels)
+
+    # -- evaluation and state ------------------------------------------------------------------------
+    def _evaluate(self) -> dict[str, float]:
+        """Validation metric of the densest and the smallest size (the full table is computed at the end)."""
+        if self.eval_ds is None:
+            return {}
+        loader = make_loader(self.eval_ds, self.model.tokenizer, self.args.per_device_eval_batch_size)
+        levels = [self.sp.min_sparsity, self.sp.max_sparsity]
+        logits, labels = predict_levels(self.model, loader, levels, progress=False)
+        m = self.task.main_metric
+        return {f"eval_dense_{m}": self.task.metrics(logits[levels[0]], labels)[m],
+                f"eval_smallest_{m}": self.task.metrics(logits[levels[1]], labels)[m]}  # fmt: skip
+
+    def _save(self) -> None:
+        scores = {"head": self.scorer.head_scores, "neuron": self.scorer.neuron_scores,
+                  "steps": torch.tensor([self.scorer.steps])}  # fmt: skip
+        path = save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.state, scores,
+                          self.args.save_total_limit)  # fmt: skip
+        log.info("saved training state %s", path)
+
+    def _resume(self, path: Path) -> None:
+        self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler)
+        self.scorer.head_scores, self.scorer.neuron_scores = scores["head"], scores["neuron"]
+        self.scorer.steps = int(scores["steps"][0])
+        log.info("resumed from %s at step %d", path, self.state.step)
