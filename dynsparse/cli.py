@@ -57,7 +57,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     types = (ModelArguments, DataArguments, SparsityArguments, TrainArguments)
-    parser = HfArgumentParser(types, prog="train.py", description="Once-for-all Dynamic Sparsification training.")
+    parser = HfArgumentParser(
+        types,  # type: ignore[arg-type]  # frozen dataclasses are DataClassType at run time
+        prog="train.py",
+        description="Once-for-all Dynamic Sparsification training.",
+    )
     parser.add_argument("--config", help="json or yaml file of flags (command-line flags override it)")
     parser.error = _Parser.error.__get__(parser)  # type: ignore[method-assign]
 
@@ -202,9 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="the HTTP server (FastAPI); settings also from DYNSPARSE_* variables")
     sv.add_argument("checkpoint")
-    sv.add_argument("--host", default=None)
-    sv.add_argument("--port", type=int, default=None)
-    sv.add_argument("--device", default=None)
+    sv.add_argument("--host", default=None, help="default 127.0.0.1")
+    sv.add_argument("--port", type=int, default=None, help="default 8000")
+    sv.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    sv.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default=None)
+    sv.add_argument("--default_size", default=None, help="a size name or a sparsity (default: the densest)")
+    sv.add_argument("--levels", type=_sparsity, nargs="+", help="a grid: requests go to the next denser level")
+    sv.add_argument("--max_batch_size", type=_positive, default=None)
     sv.set_defaults(run=_serve)
     return p
 

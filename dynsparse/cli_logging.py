@@ -24,6 +24,7 @@ def setup_console_log(level: int = logging.INFO) -> None:
     root.setLevel(logging.DEBUG)
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # offline retries are reported by our error
 
 
 def add_file_log(path: Path) -> None:

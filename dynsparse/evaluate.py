@@ -27,7 +27,7 @@ def default_levels(max_sparsity: float, step: float = 0.1) -> list[float]:
     return levels if abs(levels[-1] - max_sparsity) < 1e-6 else [*levels, round(max_sparsity, 4)]
 
 
-def make_loader(ds: Dataset, tokenizer: Any, batch_size: int, shuffle: bool = False) -> DataLoader:
+def make_loader(ds: Dataset, tokenizer: Any, batch_size: int, shuffle: bool = False) -> DataLoader[Any]:
     from transformers import DataCollatorWithPadding
 
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=DataCollatorWithPadding(tokenizer))
@@ -35,7 +35,7 @@ def make_loader(ds: Dataset, tokenizer: Any, batch_size: int, shuffle: bool = Fa
 
 @torch.inference_mode()
 def predict_levels(
-    model: ElasticModel, loader: DataLoader, levels: list[float], progress: bool = True
+    model: ElasticModel, loader: DataLoader[Any], levels: list[float], progress: bool = True
 ) -> tuple[dict[float, torch.Tensor], torch.Tensor]:
     """Logits of every level over the whole loader (one pass over the data): ({s: (N, C)}, labels (N,))."""
     device = next(model.parameters()).device
@@ -50,7 +50,7 @@ def predict_levels(
 
 
 def evaluate_levels(
-    model: ElasticModel, task: Task, loader: DataLoader | None, levels: list[float], latency_batch: int = 8,
+    model: ElasticModel, task: Task, loader: DataLoader[Any] | None, levels: list[float], latency_batch: int = 8,
     latency_seq_len: int = 128, progress: bool = True,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The level table: one row per sparsity with costs, task metrics (when data is given) and latency."""

@@ -38,11 +38,11 @@ class Family:
     padded_positions: bool = False  # RoBERTa: positions count from padding_idx + 1
 
 
-_BERT_LAYER = dict(
-    query="attention.self.query", key="attention.self.key", value="attention.self.value",
-    attn_out="attention.output.dense", attn_norm="attention.output.LayerNorm",
-    ffn_in="intermediate.dense", ffn_out="output.dense", ffn_norm="output.LayerNorm",
-)  # fmt: skip
+_BERT_LAYER = {
+    "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+    "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm",
+}  # fmt: skip
 
 FAMILIES: tuple[Family, ...] = (
     Family(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from dynsparse.modeling import ElasticModel
+from dynsparse.modeling import ElasticLayer, ElasticModel
 
 
 @torch.no_grad()
@@ -20,6 +20,7 @@ def magnitude_scores(model: ElasticModel) -> tuple[Tensor, Tensor]:
     """L2 norm of each head's (q, k, v, output) rows and each neuron's (in, out) rows: (L, H), (L, F)."""
     heads, neurons = [], []
     for layer in model.layers:
+        assert isinstance(layer, ElasticLayer)
         w = torch.cat([layer.q_weight, layer.k_weight, layer.v_weight, layer.attn_out_weight_t], dim=1)  # (A, 4H)
         heads.append(w.view(model.shape.heads, -1).norm(dim=1))
         neurons.append(torch.cat([layer.ffn_in_weight, layer.ffn_out_weight_t], dim=1).norm(dim=1))

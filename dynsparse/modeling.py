@@ -124,6 +124,9 @@ class ElasticModel(nn.Module):
         >>> model(input_ids=ids, attention_mask=mask, sparsity=0.5).logits
     """
 
+    head_scores: Tensor  # (L, H) buffers, declared for type checkers
+    neuron_scores: Tensor  # (L, F)
+
     def __init__(
         self, shape: EncoderShape, family: Family, hf_config: Any, allocation: Allocation = "uniform",
         tokenizer: Any = None, meta: dict[str, Any] | None = None,

@@ -71,7 +71,9 @@ def load_hf_config(name_or_path: str, **overrides: Any) -> Any:
     try:
         config = AutoConfig.from_pretrained(name_or_path, **overrides)
     except (OSError, ValueError) as e:
-        where = "directory" if Path(name_or_path).exists() else "path or hub id"
+        if _looks_like_path(name_or_path) and not Path(name_or_path).exists():
+            raise InputError(f"model path {name_or_path!r} does not exist") from None
+        where = "directory" if Path(name_or_path).exists() else "hub id"
         raise InputError(f"cannot load a model config from {where} {name_or_path!r}: {_first_line(e)}") from None
     family_for(config.model_type)  # raises for unsupported architectures
     return config
@@ -121,6 +123,10 @@ def from_pretrained(
     model.meta.update(base_model=str(name_or_path), labels=[config.id2label[i] for i in range(config.num_labels)])
     log.info("loaded %s (%s, %d layers)", name_or_path, config.model_type, config.num_hidden_layers)
     return model.eval()
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def _first_line(e: BaseException) -> str:

@@ -17,7 +17,14 @@ from dynsparse.checkpoint import META
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
 from dynsparse.data import Columns, detect_columns, encode, label_names, load_split
 from dynsparse.errors import InputError
-from dynsparse.evaluate import LATENCY_BATCH, LATENCY_SEQ_LEN, default_levels, evaluate_levels, make_loader, write_levels
+from dynsparse.evaluate import (
+    LATENCY_BATCH,
+    LATENCY_SEQ_LEN,
+    default_levels,
+    evaluate_levels,
+    make_loader,
+    write_levels,
+)
 from dynsparse.modeling import ElasticModel
 from dynsparse.pretrained import from_pretrained, load_hf_config
 from dynsparse.tasks import Task, make_task

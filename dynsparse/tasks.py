@@ -12,8 +12,11 @@ from dynsparse.errors import InputError
 
 
 class Task(Protocol):
-    name: str
-    main_metric: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def main_metric(self) -> str: ...
 
     def loss(self, logits: Tensor, labels: Tensor) -> Tensor: ...
 

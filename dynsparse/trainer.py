@@ -73,7 +73,8 @@ class Trainer:
         self.log_path = self.out_dir / "train_log.jsonl"
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -172,7 +173,8 @@ class Trainer:
         if self.teacher is None:
             return dense_logits.detach().float()  # in-place distillation from this step's dense forward
         with torch.no_grad(), self._autocast():
-            return self.teacher(**batch.inputs).logits.float()
+            logits: torch.Tensor = self.teacher(**batch.inputs).logits
+            return logits.float()
 
     def _autocast(self) -> Any:
         if self.amp_dtype is None:

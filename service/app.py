@@ -1,0 +1,119 @@
+"""The app factory: lifespan (load, profile, warm up, drain), routes, and one error shape for everything.
+
+Example:
+    >>> app = create_app(Settings(checkpoint="runs/sst2"))
+    >>> uvicorn.run(app)          # or: dynsparse serve runs/sst2
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
+
+import dynsparse
+from dynsparse.errors import InputError
+from service import probes, routes
+from service.errors import ClientGone, ServiceError
+from service.metrics import Metrics
+from service.middleware import RequestGuard
+from service.runtime import open_runtime
+from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = """One checkpoint, every size: each request picks a sparsity, a named size or a latency budget,
+and is batched with others of the same size. Errors are `{"error": "...", "error_type": "..."}`."""
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "payload_too_large"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A FastAPI app serving `settings.checkpoint`; the model loads in the lifespan, never at import."""
+    settings = settings or get_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with open_runtime(settings, metrics) as runtime:
+                app.state.runtime = runtime
+                yield
+        except InputError as e:  # a bad checkpoint or setting: one clear line, for `dynsparse serve` to show
+            app.state.startup_error = str(e)
+            log.error("cannot start: %s", e)
+            raise
+        finally:
+            app.state.runtime = None
+
+    app = FastAPI(title="dynsparse", version=dynsparse.__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app.state.settings, app.state.metrics, app.state.runtime, app.state.startup_error = (
+        settings,
+        metrics,
+        None,
+        None,
+    )
+    app.include_router(routes.router)
+    app.include_router(probes.router)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, on_reject=_count_413(metrics))
+    _add_error_handlers(app, metrics)
+    return app
+
+
+def _count_413(metrics: Metrics) -> Any:
+    def on_reject(scope: Scope) -> None:
+        metrics.errors.labels(scope.get("path", ""), "payload_too_large").inc()
+
+    return on_reject
+
+
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Every error, ours or the framework's, as `{"error", "error_type"}` with its status."""
+
+    def reply(
+        request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> Response:
+        route = request.scope.get("route")
+        metrics.errors.labels(getattr(route, "path", "unmatched"), kind).inc()  # unmatched: no label per bad URL
+        return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        return reply(request, exc.status, exc.error_type, exc.message, exc.headers)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError) -> Response:
+        return reply(request, 422, "validation", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return reply(request, 422, "validation", _describe(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = _HTTP_TYPES.get(exc.status_code, "http")
+        return reply(request, exc.status_code, kind, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it: the connection is closed
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return reply(request, 500, "backend", f"internal error ({type(exc).__name__})")
+
+
+def _describe(errors: Any) -> str:
+    """pydantic's error list as one readable line: `body.inputs.0: text must not be empty; ...`."""
+    parts = []
+    for e in list(errors)[:5]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if not str(x).startswith(("function-", "tuple[")))
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts) or "invalid request"

@@ -1,0 +1,236 @@
+"""Dynamic batching on a bounded queue: requests of the same task and size run together, off the loop.
+
+The event loop only queues and groups; model work runs in one worker thread (right on CPU, where torch
+already uses every core per call, and on GPU, where one stream serialises work anyway). An idle worker
+waits up to `batch_wait_ms` for a batch to fill; a busy one lets the queue fill by itself.
+"""
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from dynsparse.errors import InputError
+from dynsparse.masks import Structure
+from service.engine import Item, Task
+from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
+from service.metrics import Metrics, size_label
+
+log = logging.getLogger(__name__)
+
+
+class Runner(Protocol):
+    """What the batcher needs of an engine (tests pass a fake)."""
+
+    def run(
+        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]]
+    ) -> list[list[Any] | InputError]: ...
+
+
+def _new_future() -> "asyncio.Future[list[Any]]":
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's work: its inputs at one size, with its deadline and its predicted cost."""
+
+    task: Task
+    items: Sequence[Item]
+    sparsity: float
+    structure: Structure  # the grouping key: equal structures run as one prefix slice
+    deadline: float  # time.monotonic() after which the result is useless
+    cost_ms: float = 0.0  # predicted share of a full batch: what it adds to the wait of those behind it
+    arrived: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    inference_ms: float = 0.0
+    future: "asyncio.Future[list[Any]]" = field(default_factory=_new_future)
+
+    @property
+    def key(self) -> tuple[Task, Structure]:
+        return self.task, self.structure
+
+
+class Batcher:
+    """The queue in front of the engine.
+
+    Example:
+        >>> async with Batcher(engine, max_batch_size=32, batch_wait_ms=2, queue_limit=256).running() as b:
+        ...     b.submit(job)
+        ...     outputs = await job.future
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        queue_limit: int,
+        degrade_at: float | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.runner = runner
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.queue_limit = queue_limit
+        self.degrade_at = degrade_at
+        self.metrics = metrics or Metrics()
+        self._queue: deque[Job] = deque()
+        self._backlog_ms = 0.0  # predicted cost of everything queued
+        self._busy_until = 0.0  # predicted end of the running batch (monotonic seconds)
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dynsparse-engine")
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator["Batcher"]:
+        """Serve while inside; on exit refuse new work, finish what is queued, stop the worker."""
+        task = asyncio.create_task(self._loop(), name="dynsparse-batcher")
+        try:
+            yield self
+        finally:
+            self._closing = True
+            self._wake.set()
+            await task
+            self._executor.shutdown(wait=True)
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(*args)` on the worker thread (start-up work: it never overlaps a batch)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # -- admission ---------------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closing
+
+    @property
+    def degrading(self) -> bool:
+        """True when the queue is filling: size-flexible requests should get the smallest size."""
+        return self.degrade_at is not None and self.depth >= self.degrade_at * self.queue_limit
+
+    def wait_estimate_ms(self) -> float:
+        """Predicted wait of a request queued now: rest of the running batch + backlog + batching wait."""
+        running = max(0.0, self._busy_until - time.monotonic()) * 1000
+        return running + self._backlog_ms + self.batch_wait_s * 1000
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`; a full queue raises `Overloaded` (429), a closing server `NotReady` (503)."""
+        if self._closing:
+            raise NotReady("the server is shutting down")
+        if self.depth >= self.queue_limit:
+            retry = math.ceil(self.wait_estimate_ms() / 1000)
+            raise Overloaded(f"the queue is full ({self.queue_limit} requests waiting); retry later", retry)
+        self._queue.append(job)
+        self._backlog_ms += job.cost_ms
+        self.metrics.queue_depth.set(self.depth)
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while (head := await self._next_head()) is not None:
+            await self._fill(head)
+            batch = self._take(head.key)
+            if batch:
+                await self._run(batch)
+
+    async def _next_head(self) -> Job | None:
+        """The oldest live job, waiting for one; None once closing with nothing left."""
+        while True:
+            self._drop_dead()
+            if self._queue:
+                return self._queue[0]
+            if self._closing:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _fill(self, head: Job) -> None:
+        """Let `head`'s group fill up until `batch_wait_ms` after `head` arrived (or until it is full)."""
+        while self._group_size(head.key) < self.max_batch_size and not self._closing:
+            remaining = head.arrived + self.batch_wait_s - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _group_size(self, key: tuple[Task, Structure]) -> int:
+        return sum(len(j.items) for j in self._queue if j.key == key)
+
+    def _take(self, key: tuple[Task, Structure]) -> list[Job]:
+        """The oldest jobs of one group, up to the max batch size (a bigger single request runs alone)."""
+        self._drop_dead()
+        batch: list[Job] = []
+        n = 0
+        for job in self._queue:
+            if job.key != key:
+                continue
+            if batch and n + len(job.items) > self.max_batch_size:
+                break
+            batch.append(job)
+            n += len(job.items)
+        self._remove(batch)
+        return batch
+
+    def _drop_dead(self) -> None:
+        """Forget jobs whose client gave up (deadline or disconnect): dropped work costs nothing."""
+        now = time.monotonic()
+        dead = [j for j in self._queue if j.future.done() or j.deadline <= now]
+        for job in dead:
+            if not job.future.done():
+                job.future.set_exception(DeadlineExceeded("the request outlived its deadline while queued"))
+        self._remove(dead)
+
+    def _remove(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        gone = set(map(id, jobs))
+        self._queue = deque(j for j in self._queue if id(j) not in gone)
+        self._backlog_ms = max(0.0, self._backlog_ms - sum(j.cost_ms for j in jobs))
+        self.metrics.queue_depth.set(self.depth)
+
+    async def _run(self, batch: list[Job]) -> None:
+        """Run one batch on the worker; settle every job (a failure fails this batch, never the server)."""
+        task, structure = batch[0].key
+        size = size_label(batch[0].sparsity)
+        start = time.monotonic()
+        self._busy_until = start + sum(j.cost_ms for j in batch) / 1000
+        for job in batch:
+            job.started = start
+            self.metrics.queue_time.labels(size).observe(start - job.arrived)
+        try:
+            results = await self.call(self.runner.run, task, structure, [j.items for j in batch])
+        except Exception as e:  # e.g. CUDA out of memory: this batch fails, the server goes on
+            log.exception("batch of %d requests failed", len(batch))
+            results = [ServiceError(f"inference failed: {type(e).__name__}")] * len(batch)
+        finally:
+            self._busy_until = 0.0
+        elapsed = time.monotonic() - start
+        self.metrics.inference_time.labels(size).observe(elapsed)
+        self.metrics.batch_size.labels(size).observe(sum(len(j.items) for j in batch))
+        for job, result in zip(batch, results, strict=True):
+            job.inference_ms = elapsed * 1000
+            _settle(job, result)
+
+
+def _settle(job: Job, result: list[Any] | Exception) -> None:
+    if job.future.done():  # its client left while it ran: the result is dropped
+        return
+    if isinstance(result, InputError):
+        job.future.set_exception(BadInput(str(result)))
+    elif isinstance(result, Exception):
+        job.future.set_exception(result)
+    else:
+        job.future.set_result(result)

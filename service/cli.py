@@ -1,0 +1,58 @@
+"""`dynsparse serve CKPT`: settings from `DYNSPARSE_*` variables and flags, then uvicorn.
+
+Bad settings or a checkpoint that cannot load end in one line on stderr and exit 2 (`dynsparse.cli`).
+"""
+
+import argparse
+import logging
+
+import uvicorn
+from pydantic import ValidationError
+
+from dynsparse.checkpoint import META, REQUIRED, read_meta
+from dynsparse.errors import CheckpointError, InputError
+from service.app import create_app
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+_FLAGS = ("host", "port", "device", "dtype", "default_size", "levels", "max_batch_size")
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """Flags given on the command line override the environment; a bad value raises `InputError`."""
+    given = {k: v for k in _FLAGS if (v := getattr(args, k, None)) is not None}
+    try:
+        return Settings(checkpoint=args.checkpoint, **given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise InputError(f"setting {where} (flag --{where} or DYNSPARSE_{where.upper()}): {first['msg']}") from None
+
+
+def _check_checkpoint(settings: Settings) -> None:
+    """Fail before the server starts on common checkpoint mistakes (the full load is in the lifespan)."""
+    root = settings.checkpoint
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such checkpoint directory")
+    for name in REQUIRED:
+        if not (root / name).is_file():
+            raise CheckpointError(f"{root / name} is missing: a dynsparse checkpoint needs {', '.join(REQUIRED)}")
+    read_meta(root / META)
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish before it exits."""
+    settings = build_settings(args)
+    _check_checkpoint(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,  # every admitted request gets its deadline
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise InputError(app.state.startup_error or "the server did not start (see the log above)")

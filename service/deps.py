@@ -1,0 +1,46 @@
+"""Typed dependencies: the runtime (503 until ready), the settings and the API key check."""
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.errors import NotReady, Unauthorized
+from service.runtime import Runtime
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="the operator's API key, when one is set")
+
+
+def get_settings_of_app(request: Request) -> Settings:
+    """The settings this app was created with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_of_app)]
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The loaded runtime; `NotReady` (503) while loading or draining."""
+    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
+    if runtime is None or not runtime.ready:
+        raise NotReady()
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def require_api_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """With an API key configured, `Authorization: Bearer <key>` must carry it (compared in constant time)."""
+    if settings.api_key is None:
+        return
+    if credentials is None:
+        raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
+    expected = settings.api_key.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise Unauthorized("wrong API key")

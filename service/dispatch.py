@@ -1,0 +1,124 @@
+"""One inference request from body to outputs: limits, size choice, admission, and the wait for its batch.
+
+The wait ends at the first of: the result, the deadline (504; queued work is dropped), or the client
+disconnecting (nothing more is done for it).
+"""
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from service.batcher import Job
+from service.engine import Item, Task
+from service.errors import BadInput, ClientGone, DeadlineExceeded
+from service.metrics import size_label
+from service.runtime import Runtime
+from service.schemas import SizedRequest
+from service.sizes import Choice
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A served request: its outputs in input order and the `Served` fields of the response."""
+
+    outputs: list[Any]
+    served: dict[str, Any]
+
+
+async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest) -> Outcome:
+    """Serve `body` on `task`; raises a `ServiceError` (422/429/503/504) or `ClientGone`."""
+    arrived = getattr(request.state, "arrived", time.monotonic())  # stamped by the middleware, before the body
+    _check_limits(rt, body.inputs)
+    choice = rt.policy.select(body.sparsity, body.size, body.latency_budget_ms)
+    seq_len = rt.planner.estimate_tokens(max(_chars(x) for x in body.inputs))
+    sparsity, degraded = _size_for(rt, choice, len(body.inputs), seq_len)
+    job = Job(
+        task,
+        body.inputs,
+        sparsity,
+        rt.engine.structure(sparsity),
+        deadline=arrived + rt.settings.request_timeout_s,
+        cost_ms=rt.planner.cost_ms(sparsity, len(body.inputs), seq_len),
+        arrived=arrived,
+    )
+    rt.batcher.submit(job)
+    outputs = await _wait(rt, job, request)
+    latency_ms = (time.monotonic() - arrived) * 1000
+    met = None if choice.budget_ms is None else latency_ms <= choice.budget_ms
+    _record(rt, request, sparsity, latency_ms, degraded, met)
+    served = {
+        "sparsity": sparsity,
+        "size": choice.name,
+        "latency_ms": round(latency_ms, 3),
+        "queue_ms": round(((job.started or arrived) - arrived) * 1000, 3),
+        "inference_ms": round(job.inference_ms, 3),
+        "budget_met": met,
+        "degraded": degraded,
+    }
+    return Outcome(outputs, served)
+
+
+def _chars(item: Item) -> int:
+    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+
+
+def _check_limits(rt: Runtime, inputs: list[Item]) -> None:
+    """The operator's request limits, checked before any tokenizing (tokens are checked in the batch)."""
+    s = rt.settings
+    if len(inputs) > s.max_inputs:
+        raise BadInput(f"{len(inputs)} inputs; at most {s.max_inputs} per request")
+    for i, item in enumerate(inputs):
+        if _chars(item) > s.max_text_chars:
+            raise BadInput(f"inputs[{i}] has {_chars(item)} characters; the limit is {s.max_text_chars}")
+
+
+def _size_for(rt: Runtime, choice: Choice, n_inputs: int, seq_len: int) -> tuple[float, bool]:
+    """(sparsity, degraded): the choice, a budget's plan, or under load the smallest size."""
+    if choice.budget_ms is not None:
+        wait = rt.batcher.wait_estimate_ms()
+        sparsity = rt.planner.pick(choice.budget_ms, wait, n_inputs, seq_len, rt.policy.candidates()).sparsity
+    else:
+        sparsity = rt.policy.low if choice.sparsity is None else choice.sparsity
+    smallest = rt.policy.smallest
+    if rt.batcher.degrading and not choice.exact and sparsity < smallest:
+        return smallest, True  # an exact sparsity is a contract; sizes by name, budget or default may shrink
+    return sparsity, False
+
+
+async def _wait(rt: Runtime, job: Job, request: Request) -> list[Any]:
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        timeout = max(0.0, job.deadline - time.monotonic())
+        waiting: set[asyncio.Future[Any]] = {job.future, gone}
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if job.future.done() and not job.future.cancelled():
+        return job.future.result()  # the outputs, or the batcher's error for this job
+    job.future.cancel()  # still queued or running: the batcher drops it or discards its result
+    reason = "disconnect" if gone in done else "deadline"
+    rt.metrics.dropped.labels(reason).inc()
+    if reason == "disconnect":
+        raise ClientGone()
+    raise DeadlineExceeded(f"no answer within the {rt.settings.request_timeout_s} s deadline; the work was dropped")
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body was read, so the next ASGI message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _record(
+    rt: Runtime, request: Request, sparsity: float, latency_ms: float, degraded: bool, met: bool | None
+) -> None:
+    endpoint, size = request.url.path, size_label(sparsity)
+    rt.metrics.requests.labels(endpoint, size).inc()
+    rt.metrics.request_time.labels(endpoint, size).observe(latency_ms / 1000)
+    if degraded:
+        rt.metrics.degraded.inc()
+    if met is not None:
+        rt.metrics.budget.labels(str(met).lower()).inc()

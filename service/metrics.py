@@ -1,0 +1,78 @@
+"""Prometheus metrics: requests, errors, queue time, inference time and batch size, by size.
+
+Each app gets its own registry (several apps in one test process must not collide). Sizes are labelled
+by sparsity rounded to two decimals, so arbitrary client floats cannot grow the label set without bound.
+"""
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def size_label(sparsity: float) -> str:
+    """The `size` label of a sparsity."""
+    return f"{sparsity:.2f}"
+
+
+class Metrics:
+    """The service's metrics in one registry; `render()` is the `/metrics` body."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "dynsparse_requests", "Requests answered, by endpoint and size", ["endpoint", "size"], registry=r
+        )
+        self.errors = Counter(
+            "dynsparse_errors",
+            "Error responses, by endpoint and error type",
+            ["endpoint", "error_type"],
+            registry=r,
+        )
+        self.request_time = Histogram(
+            "dynsparse_request_seconds",
+            "Time in the server per answered request",
+            ["endpoint", "size"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "dynsparse_queue_seconds",
+            "Time a request waited for its batch",
+            ["size"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.inference_time = Histogram(
+            "dynsparse_inference_seconds",
+            "Time of one batch (tokenize + forward)",
+            ["size"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.batch_size = Histogram("dynsparse_batch_size", "Inputs per batch", ["size"], buckets=_BATCH, registry=r)
+        self.queue_depth = Gauge("dynsparse_queue_depth", "Requests waiting for the model", registry=r)
+        self.degraded = Counter(
+            "dynsparse_degraded", "Requests served smaller because the queue was filling", registry=r
+        )
+        self.dropped = Counter(
+            "dynsparse_dropped", "Requests dropped before they ran, by reason", ["reason"], registry=r
+        )
+        self.budget = Counter(
+            "dynsparse_latency_budget",
+            "Requests with a latency budget, by whether it was met",
+            ["met"],
+            registry=r,
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        """(body, content type) in the Prometheus text format."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

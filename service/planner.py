@@ -1,0 +1,140 @@
+"""Latency budget -> size: a measured latency profile, interpolated, and the choice it drives.
+
+At start the server measures a few sizes x batch sizes x lengths on its own device (or reads them from a
+cache); any other point is interpolated: bilinear in (batch, length) at each measured size, then linear
+in sparsity between sizes. A budget picks the densest size whose predicted latency, queue wait included,
+fits; none fits -> the smallest, and the response says the budget was not met.
+"""
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+_CHARS_PER_TOKEN = 3.0  # pessimistic for English subwords (~4): a budget is better met than missed
+_SPECIAL_TOKENS = 3  # [CLS] a [SEP] b [SEP]
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    """One measurement: median ms of a forward pass of `batch` x `seq_len` tokens at `sparsity`."""
+
+    sparsity: float
+    batch: int
+    seq_len: int
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Measured latency on one device, and predictions between (and beyond) the measured points."""
+
+    device: str
+    points: tuple[ProfilePoint, ...]
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise ValueError("a latency profile needs at least one point")
+
+    @property
+    def levels(self) -> list[float]:
+        return sorted({p.sparsity for p in self.points})
+
+    def predict(self, sparsity: float, batch: int, seq_len: int) -> float:
+        """Predicted ms of one forward pass; linear in sparsity between the two nearest measured sizes."""
+        levels = self.levels
+        at = [self._at_level(s, batch, seq_len) for s in levels]
+        return max(_interp(sparsity, levels, at, extrapolate=False), 1e-3)
+
+    def _at_level(self, sparsity: float, batch: int, seq_len: int) -> float:
+        pts = {(p.batch, p.seq_len): p.latency_ms for p in self.points if p.sparsity == sparsity}
+        batches, lens = sorted({b for b, _ in pts}), sorted({t for _, t in pts})
+        # a missing grid point (a hand-edited cache) falls back to the nearest measured one
+        rows = [[pts.get((b, t), min(pts.values())) for t in lens] for b in batches]
+        per_batch = [_interp(seq_len, lens, row) for row in rows]
+        return _interp(batch, batches, per_batch)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"device": self.device, "points": [asdict(p) for p in self.points]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LatencyProfile":
+        return cls(str(data["device"]), tuple(ProfilePoint(**p) for p in data["points"]))
+
+
+def _interp(x: float, xs: Sequence[float], ys: Sequence[float], extrapolate: bool = True) -> float:
+    """Piecewise-linear y(x); below xs[0] clamps (latency never shrinks past what was measured), above
+    it extends the last segment when `extrapolate` (bigger batches and longer texts cost more)."""
+    if len(xs) == 1 or x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1] and not extrapolate:
+        return ys[-1]
+    i = next((k for k in range(1, len(xs)) if x <= xs[k]), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def load_profile(path: Path) -> LatencyProfile | None:
+    """A cached profile, or None when there is none or it cannot be read (it is then measured again)."""
+    try:
+        return LatencyProfile.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring unreadable latency profile %s (%s)", path, e)
+        return None
+
+
+def save_profile(path: Path, profile: LatencyProfile) -> None:
+    """Cache `profile` at `path`; a read-only disk only costs a new measurement next start."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(profile.to_json(), indent=1))
+        tmp.replace(path)  # atomic: two servers starting at once never read half a file
+    except OSError as e:
+        log.warning("cannot cache the latency profile at %s (%s)", path, e)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The size chosen for a budget and what it is predicted to cost, queue wait included."""
+
+    sparsity: float
+    predicted_ms: float
+    fits: bool
+
+
+@dataclass(frozen=True)
+class Planner:
+    """Predicts request latency from the profile and picks sizes for latency budgets."""
+
+    profile: LatencyProfile
+    max_batch_size: int
+    max_tokens: int
+
+    def estimate_tokens(self, longest_chars: int) -> int:
+        """Tokens of the longest text, guessed from its length (texts are tokenized later, in batches)."""
+        return min(self.max_tokens, math.ceil(longest_chars / _CHARS_PER_TOKEN) + _SPECIAL_TOKENS)
+
+    def predict_ms(self, sparsity: float, n_inputs: int, seq_len: int) -> float:
+        """Inference time of `n_inputs` texts run alone (in chunks of the max batch size)."""
+        chunks = math.ceil(n_inputs / self.max_batch_size)
+        return chunks * self.profile.predict(sparsity, min(n_inputs, self.max_batch_size), seq_len)
+
+    def cost_ms(self, sparsity: float, n_inputs: int, seq_len: int) -> float:
+        """What a queued request adds to the wait of those behind it: its share of a full batch."""
+        full = self.profile.predict(sparsity, self.max_batch_size, seq_len)
+        return full * n_inputs / self.max_batch_size
+
+    def pick(self, budget_ms: float, wait_ms: float, n_inputs: int, seq_len: int, candidates: Sequence[float]) -> Plan:
+        """The densest candidate whose predicted wait + inference fits `budget_ms`, else the smallest."""
+        plans = [Plan(s, wait_ms + self.predict_ms(s, n_inputs, seq_len), False) for s in sorted(candidates)]
+        fitting = next((p for p in plans if p.predicted_ms <= budget_ms), None)
+        if fitting is not None:
+            return Plan(fitting.sparsity, fitting.predicted_ms, True)
+        return plans[-1]

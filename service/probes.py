@@ -1,0 +1,34 @@
+"""Operations endpoints, open without an API key: liveness, readiness and Prometheus metrics."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from service.deps import RuntimeDep
+from service.errors import NotReady
+from service.metrics import Metrics
+from service.schemas import ErrorResponse, Health, Ready
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+_NOT_READY: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "loading or draining"}}
+
+
+@router.get("/readyz", summary="Readiness: the model is loaded and warm", responses=_NOT_READY)
+async def readyz(rt: RuntimeDep) -> Ready:
+    if not rt.batcher.accepting:
+        raise NotReady("the server is shutting down")
+    return Ready(status="ready", device=rt.engine.device_name, queue_depth=rt.batcher.depth)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    registry: Metrics = request.app.state.metrics
+    body, content_type = registry.render()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,154 @@
+"""What the lifespan builds: the engine, its batcher, the size rules, the latency profile and the size table.
+
+Start-up order: load the checkpoint (off the loop), resolve sizes, start the worker, measure (or read the
+cached) latency profile, warm up every named size; only then does the server take requests.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from dynsparse.cost import level_costs
+from service.batcher import Batcher
+from service.engine import Engine
+from service.metrics import Metrics
+from service.planner import LatencyProfile, Planner, load_profile, save_profile
+from service.schemas import Level, SizesResponse
+from service.settings import Settings
+from service.sizes import SizePolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The loaded service; routes reach it through `deps.RuntimeDep`."""
+
+    settings: Settings
+    engine: Engine
+    policy: SizePolicy
+    planner: Planner
+    batcher: Batcher
+    metrics: Metrics
+    sizes: SizesResponse
+    ready: bool = True
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Runtime]:
+    """Load, profile and warm up; on exit stop taking work and finish what is queued."""
+    engine = await asyncio.to_thread(Engine.load, settings)
+    policy = SizePolicy.build(settings, engine.trained_range)
+    batcher = Batcher(
+        engine,
+        settings.max_batch_size,
+        settings.batch_wait_ms,
+        settings.queue_limit,
+        settings.degrade_at,
+        metrics,
+    )
+    async with batcher.running():
+        profile = await batcher.call(_profile, engine, policy, settings)
+        await batcher.call(engine.warmup, _warm_sizes(policy))
+        planner = Planner(profile, settings.max_batch_size, engine.max_tokens)
+        runtime = Runtime(settings, engine, policy, planner, batcher, metrics, size_table(engine, policy, profile))
+        log.info(
+            "serving %s on %s: sparsity %s..%s, sizes %s",
+            settings.checkpoint,
+            engine.device_name,
+            policy.low,
+            policy.high,
+            dict(policy.named),
+        )
+        try:
+            yield runtime
+        finally:
+            runtime.ready = False  # draining: new requests get 503, queued ones still run
+
+
+def _profile_levels(policy: SizePolicy, n: int) -> list[float]:
+    span = policy.high - policy.low
+    return sorted({policy.snap(round(policy.low + span * i / (n - 1), 4)) for i in range(n)})
+
+
+def _warm_sizes(policy: SizePolicy) -> list[float]:
+    default = [policy.default.sparsity] if policy.default.sparsity is not None else []
+    return sorted({*policy.named.values(), *default, policy.smallest})
+
+
+def _profile(engine: Engine, policy: SizePolicy, settings: Settings) -> LatencyProfile:
+    """The cached profile of this checkpoint on this device and dtype, else a new measurement (cached)."""
+    levels = _profile_levels(policy, settings.profile_levels)
+    batches, lens = settings.profile_batch_sizes, settings.profile_seq_lens
+    key = json.dumps([engine.model.meta.get("files"), engine.device_name, torch.__version__, levels, batches, lens])
+    path = None
+    if settings.profile_cache_dir is not None:
+        name = f"{settings.checkpoint.resolve().name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        path = settings.profile_cache_dir / name
+        cached = load_profile(path)
+        if cached is not None:
+            log.info("latency profile from %s", path)
+            return cached
+    log.info("measuring latency: %d sizes x batch %s x length %s", len(levels), batches, lens)
+    profile = engine.profile(levels, batches, lens)
+    for p in profile.points:
+        log.info("  sparsity %.3f  batch %3d  length %4d  %8.3f ms", p.sparsity, p.batch, p.seq_len, p.latency_ms)
+    if path is not None:
+        save_profile(path, profile)
+    return profile
+
+
+_METRICS = ("accuracy", "f1", "exact_match", "matthews_correlation", "pearson", "spearmanr")
+
+
+def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile) -> SizesResponse:
+    """GET /v1/sizes: per level the checkpoint's accounting and metrics, with latency on this server."""
+    batch = max(p.batch for p in profile.points)
+    seq_len = max(p.seq_len for p in profile.points)
+    stored = {round(float(r["sparsity"]), 6): r for r in engine.model.meta.get("levels", []) if "sparsity" in r}
+    levels = [
+        _level(engine, policy, profile, s, stored.get(round(s, 6), {}), batch, seq_len) for s in policy.candidates()
+    ]
+    d = policy.default
+    default = {"sparsity": d.sparsity, "size": d.name} if d.budget_ms is None else {"latency_budget_ms": d.budget_ms}
+    return SizesResponse(
+        levels=levels,
+        sizes=dict(policy.named),
+        default=default,
+        allowed=(policy.low, policy.high),
+        grid=list(policy.grid) if policy.grid else None,
+        metric=next((k for k in _METRICS if any(k in r for r in stored.values())), None),
+        device=profile.device,
+        latency_batch=batch,
+        latency_seq_len=seq_len,
+        profile=[asdict(p) for p in profile.points],
+    )
+
+
+def _level(
+    engine: Engine,
+    policy: SizePolicy,
+    profile: LatencyProfile,
+    s: float,
+    stored: dict[str, Any],
+    batch: int,
+    seq_len: int,
+) -> Level:
+    costs = level_costs(engine.model.shape, engine.structure(s), seq_len)
+    return Level(
+        sparsity=s,
+        names=sorted(k for k, v in policy.named.items() if v == s),
+        params=int(costs["params"]),
+        params_encoder=int(costs["params_encoder"]),
+        params_embeddings=int(costs["params_embeddings"]),
+        flops=int(costs["flops"]),
+        latency_ms=round(profile.predict(s, batch, seq_len), 3),
+        **{k: stored[k] for k in _METRICS if k in stored},
+    )

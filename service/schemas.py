@@ -1,0 +1,132 @@
+"""Request and response bodies (pydantic, at the process boundary). Limits that the operator sets (texts
+per request, characters per text) are checked in `dispatch.py`; these models hold what never changes."""
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text must not be empty")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+Input = Text | tuple[Text, Text]  # a text, or a text pair as ["a", "b"]
+Sparsity = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]  # strict: "0.5" or true are type errors
+
+
+class SizedRequest(BaseModel):
+    """Inputs and at most one size selector (none: the operator's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[Input] = Field(min_length=1, description='texts; a text pair is ["a", "b"]')
+    sparsity: Sparsity | None = Field(None, description="serve at this sparsity (fraction of prunable weights removed)")
+    size: str | None = Field(None, description="a named size (see GET /v1/sizes)", max_length=100)
+    latency_budget_ms: Annotated[float, Strict(), Field(gt=0)] | None = Field(
+        None, description="the largest size predicted to answer within this many ms, queue wait included"
+    )
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "SizedRequest":
+        given = [k for k in ("sparsity", "size", "latency_budget_ms") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of sparsity, size, latency_budget_ms; got {', '.join(given)}")
+        return self
+
+
+class ClassifyRequest(SizedRequest):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"inputs": ["a gripping, beautiful film", "dull"], "sparsity": 0.5}]}
+    )
+
+
+class EmbedRequest(SizedRequest):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": ["a sentence to embed"], "size": "small"}]})
+
+
+class Served(BaseModel):
+    """How a request was served: at which size, and how long it took."""
+
+    sparsity: float = Field(description="the sparsity that served the request")
+    size: str | None = Field(None, description="the named size asked for, if any")
+    latency_ms: float = Field(description="time in the server: queue + inference")
+    queue_ms: float
+    inference_ms: float = Field(description="the batch this request ran in (tokenize + forward)")
+    budget_met: bool | None = Field(None, description="with latency_budget_ms: whether latency_ms fit it")
+    degraded: bool = Field(False, description="served smaller than asked because the server was busy")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(description="probability of the predicted label")
+
+
+class ClassifyResponse(Served):
+    results: list[Prediction]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [{"label": "positive", "score": 0.97}, {"label": "negative", "score": 0.88}],
+                    "sparsity": 0.5,
+                    "size": None,
+                    "latency_ms": 4.2,
+                    "queue_ms": 1.1,
+                    "inference_ms": 3.1,
+                    "budget_met": None,
+                    "degraded": False,
+                }
+            ]
+        }
+    )
+
+
+class EmbedResponse(Served):
+    embeddings: list[list[float]] = Field(description="mean-pooled, L2-normalised last hidden states")
+    dimensions: int
+
+
+class Level(BaseModel):
+    """One row of the size table: accounting from the checkpoint, latency measured by this server."""
+
+    model_config = ConfigDict(extra="allow")  # the checkpoint's metric columns (accuracy, f1, ...)
+
+    sparsity: float
+    names: list[str] = Field(description="named sizes served at this level")
+    params: int
+    params_encoder: int
+    params_embeddings: int
+    flops: int
+    latency_ms: float = Field(description="predicted from this server's profile at latency_batch x latency_seq_len")
+
+
+class SizesResponse(BaseModel):
+    levels: list[Level]
+    sizes: dict[str, float] = Field(description="named sizes and their sparsity")
+    default: dict[str, Any] = Field(description="what serves a request that names no size")
+    allowed: tuple[float, float] = Field(description="[densest, smallest] sparsity accepted")
+    grid: list[float] | None = Field(description="operator's levels: requests are served at the next denser one")
+    metric: str | None
+    device: str
+    latency_batch: int
+    latency_seq_len: int
+    profile: list[dict[str, float]] = Field(description="the latency points this server measured at start")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    device: str
+    queue_depth: int
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    error_type: str
