@@ -69,6 +69,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         from dynsparse.recipe import run_training
 
         pre, _ = parser.parse_known_args(argv)
+        if pre.model_name_or_path is None and pre.train_file is None and not pre.config:  # the embedded default
+            from dynsparse.default import DEFAULT_FLAGS
+
+            parser.set_defaults(**DEFAULT_FLAGS)
         if pre.config:
             parser.set_defaults(**_read_config(Path(pre.config), parser))
         try:
@@ -174,6 +178,16 @@ def _serve(args: argparse.Namespace) -> None:
     serve(args)
 
 
+def _export(args: argparse.Namespace) -> None:
+    import dynsparse
+    from dynsparse.export import export
+
+    model = dynsparse.load(args.checkpoint)
+    file = export(model, args.sparsity, args.output, args.format)
+    log.info("wrote %s (sparsity %s, per layer (heads, neurons) %s)", file, args.sparsity,
+             model.structure(args.sparsity))  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dynsparse", description="Train once, run and serve any sparsity from one checkpoint.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -214,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--levels", type=_sparsity, nargs="+", help="a grid: requests go to the next denser level")
     sv.add_argument("--max_batch_size", type=_positive, default=None)
     sv.set_defaults(run=_serve)
+
+    ex = sub.add_parser(
+        "export", help="one size as a standalone model (ONNX or TorchScript) for runtimes without Python",
+        description="Write the checkpoint at one sparsity as a fixed-size model into the directory OUTPUT: "
+        "model.onnx (opset 18) or model.pt (TorchScript, torch.jit.load), the tokenizer files and "
+        "dynsparse_export.json (sparsity, structure, labels, inputs). Inputs: input_ids, attention_mask "
+        "(and token_type_ids where the model has them), any batch size and length; output: logits. "
+        "ONNX needs the 'export' extra: pip install 'dynsparse[export]'.",
+    )  # fmt: skip
+    ex.add_argument("checkpoint")
+    ex.add_argument("--sparsity", type=_sparsity, required=True, help="the size to export, in [0, 1)")
+    ex.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="default: onnx")
+    ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")
+    ex.set_defaults(run=_export)
     return p
 
 

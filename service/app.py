@@ -6,7 +6,7 @@ Example:
 """
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,28 +46,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
         except InputError as e:  # a bad checkpoint or setting: one clear line, for `dynsparse serve` to show
             app.state.startup_error = str(e)
-            log.error("cannot start: %s", e)
             raise
         finally:
             app.state.runtime = None
 
     app = FastAPI(title="dynsparse", version=dynsparse.__version__, description=_DESCRIPTION, lifespan=lifespan)
-    app.state.settings, app.state.metrics, app.state.runtime, app.state.startup_error = (
-        settings,
-        metrics,
-        None,
-        None,
-    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = None  # set by the lifespan once loaded: until then routes answer 503
+    app.state.startup_error = None
     app.include_router(routes.router)
     app.include_router(probes.router)
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, on_reject=_count_413(metrics))
+    paths = {getattr(route, "path", "") for route in app.routes}
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, on_reject=_count_413(metrics, paths))
     _add_error_handlers(app, metrics)
     return app
 
 
-def _count_413(metrics: Metrics) -> Any:
+def _count_413(metrics: Metrics, paths: set[str]) -> Callable[[Scope], None]:
     def on_reject(scope: Scope) -> None:
-        metrics.errors.labels(scope.get("path", ""), "payload_too_large").inc()
+        path = scope.get("path", "")
+        metrics.errors.labels(path if path in paths else "unmatched", "payload_too_large").inc()
 
     return on_reject
 
@@ -113,6 +112,9 @@ def _describe(errors: Any) -> str:
     """pydantic's error list as one readable line: `body.inputs.0: text must not be empty; ...`."""
     parts = []
     for e in list(errors)[:5]:
+        if e.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')})")
+            continue
         where = ".".join(str(x) for x in e.get("loc", ()) if not str(x).startswith(("function-", "tuple[")))
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where else msg)

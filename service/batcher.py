@@ -54,6 +54,7 @@ class Job:
 
     @property
     def key(self) -> tuple[Task, Structure]:
+        """Jobs with equal keys may share a batch."""
         return self.task, self.structure
 
 
@@ -107,10 +108,12 @@ class Batcher:
     # -- admission ---------------------------------------------------------------------------------
     @property
     def depth(self) -> int:
+        """Requests waiting (not yet in a running batch)."""
         return len(self._queue)
 
     @property
     def accepting(self) -> bool:
+        """False once draining for shutdown."""
         return not self._closing
 
     @property

@@ -7,7 +7,9 @@ import argparse
 import logging
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynsparse.checkpoint import META, REQUIRED, read_meta
 from dynsparse.errors import CheckpointError, InputError
@@ -40,19 +42,38 @@ def _check_checkpoint(settings: Settings) -> None:
     read_meta(root / META)
 
 
+def _quiet_startup_failure(app: FastAPI) -> ASGIApp:
+    """`app`, minus the traceback uvicorn logs when a bad checkpoint fails the lifespan (one line is printed)."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and app.state.startup_error:
+                message = {**message, "message": ""}
+            await send(message)
+
+        await app(scope, receive, send_quietly if scope["type"] == "lifespan" else send)
+
+    return asgi
+
+
 def serve(args: argparse.Namespace) -> None:
     """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish before it exits."""
     settings = build_settings(args)
     _check_checkpoint(settings)
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        _quiet_startup_failure(app),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,  # every admitted request gets its deadline
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits 3 when the lifespan fails; a bad checkpoint is a usage error (2)
+        if app.state.startup_error:
+            raise InputError(app.state.startup_error) from None
+        raise
     if not server.started:
         raise InputError(app.state.startup_error or "the server did not start (see the log above)")

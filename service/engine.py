@@ -1,10 +1,13 @@
 """The model on its device: batched tokenization and forward passes at one size, warm-up and profiling.
 
 Every size is a prefix view of the same weights, so a batch at any sparsity costs no copy and no reload.
-An `Engine` is not thread-safe: the `Batcher` calls it from its single worker thread, off the event loop.
+An `Engine` is not thread-safe: the `Batcher` runs it on its single worker thread, off the event loop; only
+`structure` (pure bookkeeping, the batches' grouping key) is called on the loop, and the worker never calls
+the model's own `structure` while serving, since every forward gets its structure passed in.
 """
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 
 Item = str | tuple[str, str]  # a text, or a text pair
 Task = Literal["classify", "embed"]
-Prediction = tuple[int, float]  # (label id, probability of that label)
+LabelScore = tuple[int, float]  # (label id, probability of that label): one classify output
 _MAX_STRUCTURES = 4096  # distinct sparsities remembered; clients may send any float
 
 
@@ -34,6 +37,13 @@ _MAX_STRUCTURES = 4096  # distinct sparsities remembered; clients may send any f
 class _Encoded:
     ids: list[int]
     types: list[int] | None
+
+
+def _default_threads() -> int:
+    """All usable cores but one: the event loop (HTTP, JSON, validation) runs beside the model, and an
+    OpenMP thread that loses its core to it stalls the whole forward pass (seen: 1 ms -> 200 ms on 2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -87,6 +97,7 @@ class Engine:
         """Load `settings.checkpoint` on the configured device and dtype (`InputError` if it cannot)."""
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
+        torch.set_num_threads(settings.torch_threads or _default_threads())
         model = dynsparse.load(str(settings.checkpoint), device=str(device))
         return cls(model, settings.max_batch_size, settings.max_tokens, dtype)
 
@@ -96,7 +107,8 @@ class Engine:
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
         else:
-            name = f"cpu ({torch.get_num_threads()} threads)"
+            n = torch.get_num_threads()
+            name = f"cpu ({n} thread{'s' if n > 1 else ''})"
         return f"{name}, {str(self.dtype).removeprefix('torch.')}"
 
     def structure(self, sparsity: float) -> Structure:
@@ -113,7 +125,7 @@ class Engine:
     def run(self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]]) -> list[list[Any] | InputError]:
         """Run every request in `groups` at one size: one tokenizer call, padded chunks of the max batch.
 
-        Returns per group its outputs (classify: `Prediction`s; embed: unit vectors), or the `InputError`
+        Returns per group its outputs (classify: `LabelScore`s; embed: unit vectors), or the `InputError`
         that rejects that group alone (a text over the token limit): one bad request never fails others.
         """
         encoded = self._tokenize([item for group in groups for item in group])
@@ -201,7 +213,7 @@ class Engine:
                 s,
                 b,
                 t,
-                round(measure_latency(self.model, s, b, t, min_repeats=3, min_seconds=0.05, warmup=1), 4),
+                round(measure_latency(self.model, s, b, t, min_repeats=3, min_seconds=0.1, warmup=1), 4),
             )
             for s in levels
             for b in batches

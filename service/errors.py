@@ -32,6 +32,8 @@ class Unauthorized(ServiceError):
 
 
 class PayloadTooLarge(ServiceError):
+    """The body is over the operator's limit (413)."""
+
     status, error_type = 413, "payload_too_large"
 
 

@@ -4,6 +4,8 @@ Each app gets its own registry (several apps in one test process must not collid
 by sparsity rounded to two decimals, so arbitrary client floats cannot grow the label set without bound.
 """
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -26,52 +28,25 @@ class Metrics:
     """The service's metrics in one registry; `render()` is the `/metrics` body."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "dynsparse_requests", "Requests answered, by endpoint and size", ["endpoint", "size"], registry=r
-        )
-        self.errors = Counter(
-            "dynsparse_errors",
-            "Error responses, by endpoint and error type",
-            ["endpoint", "error_type"],
-            registry=r,
-        )
+        self.registry = r = CollectorRegistry()
+        size = ["size"]
+        seconds: dict[str, Any] = {"buckets": _SECONDS, "registry": r}
+        self.requests = Counter("dynsparse_requests", "Requests answered", ["endpoint", "size"], registry=r)
+        self.errors = Counter("dynsparse_errors", "Error responses", ["endpoint", "error_type"], registry=r)
         self.request_time = Histogram(
-            "dynsparse_request_seconds",
-            "Time in the server per answered request",
-            ["endpoint", "size"],
-            buckets=_SECONDS,
-            registry=r,
+            "dynsparse_request_seconds", "Time in the server", ["endpoint", "size"], **seconds
         )
-        self.queue_time = Histogram(
-            "dynsparse_queue_seconds",
-            "Time a request waited for its batch",
-            ["size"],
-            buckets=_SECONDS,
-            registry=r,
-        )
+        self.queue_time = Histogram("dynsparse_queue_seconds", "Time a request waited for its batch", size, **seconds)
         self.inference_time = Histogram(
-            "dynsparse_inference_seconds",
-            "Time of one batch (tokenize + forward)",
-            ["size"],
-            buckets=_SECONDS,
-            registry=r,
+            "dynsparse_inference_seconds", "Batch time (tokenize + forward)", size, **seconds
         )
-        self.batch_size = Histogram("dynsparse_batch_size", "Inputs per batch", ["size"], buckets=_BATCH, registry=r)
+        self.batch_size = Histogram("dynsparse_batch_size", "Inputs per batch", size, buckets=_BATCH, registry=r)
         self.queue_depth = Gauge("dynsparse_queue_depth", "Requests waiting for the model", registry=r)
-        self.degraded = Counter(
-            "dynsparse_degraded", "Requests served smaller because the queue was filling", registry=r
-        )
+        self.degraded = Counter("dynsparse_degraded", "Requests served smaller: the queue was filling", registry=r)
         self.dropped = Counter(
-            "dynsparse_dropped", "Requests dropped before they ran, by reason", ["reason"], registry=r
+            "dynsparse_dropped", "Requests dropped unrun (deadline, disconnect)", ["reason"], registry=r
         )
-        self.budget = Counter(
-            "dynsparse_latency_budget",
-            "Requests with a latency budget, by whether it was met",
-            ["met"],
-            registry=r,
-        )
+        self.budget = Counter("dynsparse_latency_budget", "Requests with a latency budget, by met", ["met"], registry=r)
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format."""

@@ -10,7 +10,7 @@ import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class LatencyProfile:
 
     @property
     def levels(self) -> list[float]:
+        """The measured sparsities, ascending."""
         return sorted({p.sparsity for p in self.points})
 
     def predict(self, sparsity: float, batch: int, seq_len: int) -> float:
@@ -58,12 +59,28 @@ class LatencyProfile:
         per_batch = [_interp(seq_len, lens, row) for row in rows]
         return _interp(batch, batches, per_batch)
 
+    def monotone(self) -> "LatencyProfile":
+        """The profile made consistent: more work (batch, length) or a denser size is never faster.
+
+        A point slower than a bigger workload was disturbed (another process took the cores while it ran),
+        so each point becomes the minimum over every point that does at least as much work.
+        """
+        fixed = [replace(p, latency_ms=min(q.latency_ms for q in self.points if _at_least(q, p))) for p in self.points]
+        return LatencyProfile(self.device, tuple(fixed))
+
     def to_json(self) -> dict[str, Any]:
+        """The cache file's content."""
         return {"device": self.device, "points": [asdict(p) for p in self.points]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "LatencyProfile":
+        """Read a cache file's content (`KeyError`/`TypeError`/`ValueError` when malformed)."""
         return cls(str(data["device"]), tuple(ProfilePoint(**p) for p in data["points"]))
+
+
+def _at_least(q: ProfilePoint, p: ProfilePoint) -> bool:
+    """Does `q` do at least the work of `p` (as big a batch, as long, as dense)?"""
+    return q.batch >= p.batch and q.seq_len >= p.seq_len and q.sparsity <= p.sparsity
 
 
 def _interp(x: float, xs: Sequence[float], ys: Sequence[float], extrapolate: bool = True) -> float:

@@ -14,6 +14,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> Health:
+    """200 while the process serves HTTP at all (restart it otherwise)."""
     return Health(status="ok")
 
 
@@ -22,6 +23,7 @@ _NOT_READY: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "de
 
 @router.get("/readyz", summary="Readiness: the model is loaded and warm", responses=_NOT_READY)
 async def readyz(rt: RuntimeDep) -> Ready:
+    """200 once the model is loaded, profiled and warm; 503 while loading or draining (route no traffic)."""
     if not rt.batcher.accepting:
         raise NotReady("the server is shutting down")
     return Ready(status="ready", device=rt.engine.device_name, queue_depth=rt.batcher.depth)
@@ -29,6 +31,7 @@ async def readyz(rt: RuntimeDep) -> Ready:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
+    """Requests, errors, queue and inference time, batch sizes, by size (Prometheus text format)."""
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render()
     return Response(body, media_type=content_type)

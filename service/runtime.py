@@ -20,7 +20,7 @@ from service.batcher import Batcher
 from service.engine import Engine
 from service.metrics import Metrics
 from service.planner import LatencyProfile, Planner, load_profile, save_profile
-from service.schemas import Level, SizesResponse
+from service.schemas import Level, Measurement, SizesResponse
 from service.settings import Settings
 from service.sizes import SizePolicy
 
@@ -57,8 +57,9 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
     async with batcher.running():
         profile = await batcher.call(_profile, engine, policy, settings)
         await batcher.call(engine.warmup, _warm_sizes(policy))
-        planner = Planner(profile, settings.max_batch_size, engine.max_tokens)
-        runtime = Runtime(settings, engine, policy, planner, batcher, metrics, size_table(engine, policy, profile))
+        planner = Planner(profile.monotone(), settings.max_batch_size, engine.max_tokens)
+        table = size_table(engine, policy, planner.profile, raw=profile)
+        runtime = Runtime(settings, engine, policy, planner, batcher, metrics, table)
         log.info(
             "serving %s on %s: sparsity %s..%s, sizes %s",
             settings.checkpoint,
@@ -108,8 +109,9 @@ def _profile(engine: Engine, policy: SizePolicy, settings: Settings) -> LatencyP
 _METRICS = ("accuracy", "f1", "exact_match", "matthews_correlation", "pearson", "spearmanr")
 
 
-def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile) -> SizesResponse:
-    """GET /v1/sizes: per level the checkpoint's accounting and metrics, with latency on this server."""
+def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw: LatencyProfile) -> SizesResponse:
+    """GET /v1/sizes: per level the checkpoint's accounting and metrics, with latency on this server
+    (predicted from `profile`; the `raw` measurements are listed as they were taken)."""
     batch = max(p.batch for p in profile.points)
     seq_len = max(p.seq_len for p in profile.points)
     stored = {round(float(r["sparsity"]), 6): r for r in engine.model.meta.get("levels", []) if "sparsity" in r}
@@ -128,7 +130,7 @@ def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile) -> S
         device=profile.device,
         latency_batch=batch,
         latency_seq_len=seq_len,
-        profile=[asdict(p) for p in profile.points],
+        profile=[Measurement(**asdict(p)) for p in raw.points],
     )
 
 

@@ -3,17 +3,28 @@ per request, characters per text) are checked in `dispatch.py`; these models hol
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, model_validator
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'an input is a text or a pair of texts ["a", "b"], got {type(value).__name__}')
+    if not value.strip():
         raise ValueError("text must not be empty")
-    return text
+    return value
 
 
-Text = Annotated[str, AfterValidator(_not_blank)]
-Input = Text | tuple[Text, Text]  # a text, or a text pair as ["a", "b"]
+def _input(value: Any) -> str | tuple[str, str]:
+    """One clear message per bad input, instead of one per member of the union."""
+    if isinstance(value, list | tuple):
+        if len(value) != 2:
+            raise ValueError(f'a text pair is a list of 2 texts ["a", "b"], got {len(value)} items')
+        return _text(value[0]), _text(value[1])
+    return _text(value)
+
+
+# a text, or a text pair as ["a", "b"]
+Input = Annotated[str | tuple[str, str], PlainValidator(_input, json_schema_input_type=str | tuple[str, str])]
 Sparsity = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]  # strict: "0.5" or true are type errors
 
 
@@ -38,12 +49,16 @@ class SizedRequest(BaseModel):
 
 
 class ClassifyRequest(SizedRequest):
+    """Texts (or text pairs) to label."""
+
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"inputs": ["a gripping, beautiful film", "dull"], "sparsity": 0.5}]}
     )
 
 
 class EmbedRequest(SizedRequest):
+    """Texts to embed."""
+
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": ["a sentence to embed"], "size": "small"}]})
 
 
@@ -60,11 +75,15 @@ class Served(BaseModel):
 
 
 class Prediction(BaseModel):
+    """The predicted label of one input."""
+
     label: str
     score: float = Field(description="probability of the predicted label")
 
 
 class ClassifyResponse(Served):
+    """One prediction per input, in input order."""
+
     results: list[Prediction]
 
     model_config = ConfigDict(
@@ -86,6 +105,8 @@ class ClassifyResponse(Served):
 
 
 class EmbedResponse(Served):
+    """One unit vector per input, in input order."""
+
     embeddings: list[list[float]] = Field(description="mean-pooled, L2-normalised last hidden states")
     dimensions: int
 
@@ -104,7 +125,18 @@ class Level(BaseModel):
     latency_ms: float = Field(description="predicted from this server's profile at latency_batch x latency_seq_len")
 
 
+class Measurement(BaseModel):
+    """One measured point of the startup latency profile (median of repeated forward passes)."""
+
+    sparsity: float
+    batch: int
+    seq_len: int
+    latency_ms: float
+
+
 class SizesResponse(BaseModel):
+    """The sizes this server serves and what each costs."""
+
     levels: list[Level]
     sizes: dict[str, float] = Field(description="named sizes and their sparsity")
     default: dict[str, Any] = Field(description="what serves a request that names no size")
@@ -114,19 +146,25 @@ class SizesResponse(BaseModel):
     device: str
     latency_batch: int
     latency_seq_len: int
-    profile: list[dict[str, float]] = Field(description="the latency points this server measured at start")
+    profile: list[Measurement] = Field(description="the latency points this server measured at start")
 
 
 class Health(BaseModel):
+    """Liveness."""
+
     status: str
 
 
 class Ready(BaseModel):
+    """Readiness, with the device and the current queue."""
+
     status: str
     device: str
     queue_depth: int
 
 
 class ErrorResponse(BaseModel):
+    """Every error: a clear message and a machine-readable kind."""
+
     error: str
     error_type: str

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     device: str | None = Field(None, description="torch device; default: cuda when available, else cpu")
     dtype: Dtype = Field("auto", description="auto: float16 on cuda, float32 on cpu")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; default: all cores but one (left to the event loop)"
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     # -- sizes

@@ -26,9 +26,9 @@ def make_tokenizer(roberta_style: bool):  # noqa: ANN201
     tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials + WORDS)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if roberta_style:  # <pad> is id 1, as pad_token_id of RoBERTa-style configs
-        named = dict(pad_token="<pad>", cls_token="<s>", sep_token="</s>", bos_token="<s>", eos_token="</s>")
+        named = {"pad_token": "<pad>", "cls_token": "<s>", "sep_token": "</s>", "bos_token": "<s>", "eos_token": "</s>"}
     else:
-        named = dict(pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+        named = {"pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
     from tokenizers import processors
 
     cls, sep = named["cls_token"], named["sep_token"]
@@ -42,13 +42,21 @@ def make_tokenizer(roberta_style: bool):  # noqa: ANN201
 
 def make_tiny(family: str, out: Path, seed: int = 0) -> Path:
     """A random transformers sequence classifier of `family` with a tokenizer, saved at `out`."""
-    from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
-                              DistilBertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification,
-                              RobertaConfig, RobertaForSequenceClassification, XLMRobertaConfig,
-                              XLMRobertaForSequenceClassification)  # fmt: skip
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        ElectraConfig,
+        ElectraForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,  # fmt: skip
+    )
 
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  max_position_embeddings=128, num_labels=2, vocab_size=120)  # fmt: skip
+    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+              "max_position_embeddings": 128, "num_labels": 2, "vocab_size": 120}
     table = {
         "bert": (BertConfig, BertForSequenceClassification, {}),
         "roberta": (RobertaConfig, RobertaForSequenceClassification, {"pad_token_id": 1}),
@@ -90,8 +98,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train_tiny(tiny_dir: Path, out: Path, family: str = "bert", **train_kwargs: object) -> Path:
     from dynsparse.recipe import run_training
 
-    targs = dict(output_dir=str(out), max_steps=150, per_device_train_batch_size=16, seed=0,
-                 learning_rate=2e-3, logging_steps=10)  # fmt: skip
+    targs: dict[str, object] = {"output_dir": str(out), "max_steps": 150, "per_device_train_batch_size": 16,
+                                "seed": 0, "learning_rate": 2e-3, "logging_steps": 10}
     targs.update(train_kwargs)
     run_training(
         ModelArguments(model_name_or_path=str(tiny_dir / family)),

@@ -1,0 +1,80 @@
+"""Admission and waiting, on real servers: degradation, 429, deadlines (504), disconnects, graceful shutdown."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from svc_live import Live, live_server
+
+from service.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def slow_batching(make_settings: Callable[..., Settings]) -> Iterator[Live]:
+    """Half a second of batching wait and room for 4 requests: a queue that fills on demand."""
+    with live_server(make_settings(batch_wait_ms=500, queue_limit=4, degrade_at=0.5)) as live:
+        yield live
+
+
+def burst(live: Live, bodies: list[dict[str, object]]) -> list[httpx.Response]:
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/v1/classify", json=b) for b in bodies))
+
+    return asyncio.run(send())
+
+
+def test_a_filling_queue_first_degrades_then_refuses(slow_batching: Live) -> None:
+    responses = burst(slow_batching, [{"inputs": ["w1 w2"], "size": "dense"}] * 5)
+    ok = [r.json() for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    assert sorted((x["sparsity"], x["degraded"]) for x in ok) == [(0.0, False), (0.0, False), (0.9, True), (0.9, True)]
+    assert len(refused) == 1 and refused[0].status_code == 429
+    assert refused[0].json()["error_type"] == "overloaded" and int(refused[0].headers["retry-after"]) >= 1
+    assert slow_batching.metric("dynsparse_degraded_total") >= 2
+
+
+def test_an_exact_sparsity_is_never_degraded(slow_batching: Live) -> None:
+    responses = burst(slow_batching, [{"inputs": ["w1"], "sparsity": 0.2}] * 4)
+    assert [(r.status_code, r.json()["sparsity"], r.json()["degraded"]) for r in responses] == [(200, 0.2, False)] * 4
+
+
+def test_a_disconnected_client_costs_nothing(slow_batching: Live) -> None:
+    before = slow_batching.metric("dynsparse_dropped_total", reason="disconnect")
+    body = json.dumps({"inputs": ["w3"], "sparsity": 0.7}).encode()
+    head = f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    port = int(slow_batching.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        time.sleep(0.1)  # queued, waiting for its batch
+    time.sleep(0.8)  # past the batching wait: the batch would have run by now
+    assert slow_batching.metric("dynsparse_dropped_total", reason="disconnect") == before + 1
+    assert slow_batching.metric("dynsparse_batch_size_count", size="0.70") == 0  # never ran
+
+
+def test_past_the_deadline_is_504_and_the_work_is_dropped(make_settings: Callable[..., Settings]) -> None:
+    with live_server(make_settings(request_timeout_s=0.2, batch_wait_ms=600)) as live, live.client() as api:
+        r = api.post("/v1/classify", json={"inputs": ["w1"], "sparsity": 0.4})
+        assert r.status_code == 504 and r.json()["error_type"] == "timeout"
+        time.sleep(0.6)
+        assert live.metric("dynsparse_dropped_total", reason="deadline") == 1
+        assert live.metric("dynsparse_batch_size_count", size="0.40") == 0
+
+
+def test_shutdown_finishes_in_flight_requests(make_settings: Callable[..., Settings]) -> None:
+    answers: list[httpx.Response] = []
+    with live_server(make_settings(batch_wait_ms=400)) as live:
+        client = threading.Thread(target=lambda: answers.append(httpx.post(
+            live.url + "/v1/classify", json={"inputs": ["w1"], "sparsity": 0.1}, timeout=30)))  # fmt: skip
+        client.start()
+        time.sleep(0.15)  # the request waits in the queue
+        live.server.should_exit = True  # what SIGTERM does
+        client.join(10)
+        live.thread.join(10)
+    assert not live.thread.is_alive()
+    assert [r.status_code for r in answers] == [200] and answers[0].json()["sparsity"] == 0.1
