@@ -98,6 +98,8 @@ def prepare_output_dir(t: TrainArguments) -> Path:
     if out.exists() and not out.is_dir():
         raise InputError(f"--output_dir {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
+    if not t.resume_from_checkpoint:  # a fresh run starts a fresh metrics log
+        (out / "train_log.jsonl").unlink(missing_ok=True)
     return out
 
 

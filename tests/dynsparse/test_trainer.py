@@ -57,3 +57,25 @@ def test_other_importance_methods_train(tiny_dir: Path, tmp_path: Path, importan
     assert meta["ordering"]["estimator"] == importance and meta["allocation"] == "global"
     assert meta["sparsity_range"] == [0.0, 0.8] and [r["sparsity"] for r in meta["levels"]][-1] == 0.8
     assert "accuracy" not in meta["levels"][0]  # no validation data: costs and latency only
+
+
+def test_fixed_teacher_and_overwrite(tiny_dir: Path, tmp_path: Path) -> None:
+    from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
+    from dynsparse.errors import InputError
+    from dynsparse.recipe import run_training
+
+    def train(**kw: object) -> Path:
+        return run_training(
+            ModelArguments(model_name_or_path=str(tiny_dir / "bert"), teacher_name_or_path=str(tiny_dir / "roberta")),
+            DataArguments(train_file=str(tiny_dir / "train.csv")),
+            SparsityArguments(importance_ratio=0.0, distill_alpha=1.0),
+            TrainArguments(output_dir=str(tmp_path / "t"), max_steps=3, logging_steps=1, **kw),  # type: ignore[arg-type]
+        )
+
+    out = train()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in log] == ["sandwich"] * 3 and all(r["loss"] > 0 for r in log)
+    with pytest.raises(InputError, match="already holds a checkpoint"):
+        train()
+    train(overwrite_output_dir=True)
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 3  # a fresh log, not appended

@@ -1,0 +1,164 @@
+"""Serving under load: the real server on 127.0.0.1, real HTTP clients, mixed sizes.
+
+Throughput and client-side p50/p95/p99 at 1/8/32/64 concurrent clients with dynamic batching, against the
+same server serving one request at a time (max batch 1); then the share of requests with a latency budget
+whose client-observed latency met it, at 32 clients.
+
+    python bench/serve_load.py --model runs/default --out bench/results/serve_load [--quick]
+
+summary.batching_throughput_ratio_32: requests/s with dynamic batching / one at a time, 32 clients.
+summary.budget_met_fraction: requests whose client-observed latency <= their budget, 32 clients.
+"""
+
+import asyncio
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import base_parser, device_name, plt, write_result  # noqa: E402
+
+WORDS = ("a gripping funny film with a terrible script and wonderful actors that never quite "
+         "lands its dull predictable ending but the score is moving").split()  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(ckpt: str, device: str, max_batch: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`dynsparse serve` in a subprocess; returns once /readyz answers 200."""
+    port = _free_port()
+    env = {**os.environ, "DYNSPARSE_MAX_BATCH_SIZE": str(max_batch), "DYNSPARSE_QUEUE_LIMIT": "1024",
+           "DYNSPARSE_LOG_LEVEL": "warning", "DYNSPARSE_DEGRADE_AT": "null"}  # fmt: skip
+    cmd = [sys.executable, "-m", "dynsparse.cli", "serve", ckpt, "--port", str(port), "--device", device]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("server not ready in 300 s")
+
+
+async def _client(url: str, bodies: list[dict[str, Any]], stop: float, out: list[dict[str, Any]]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for body in bodies:
+            if time.time() > stop:
+                return
+            t0 = time.perf_counter()
+            r = await client.post("/v1/classify", json=body)
+            ms = (time.perf_counter() - t0) * 1000
+            data = r.json() if r.status_code == 200 else {}
+            out.append({"status": r.status_code, "ms": ms, "budget": body.get("latency_budget_ms"),
+                        "server_budget_met": data.get("budget_met"), "sparsity": data.get("sparsity")})  # fmt: skip
+
+
+def _bodies(rng: random.Random, n: int, budget_ms: float | None) -> list[dict[str, Any]]:
+    bodies = []
+    for _ in range(n):
+        text = " ".join(rng.choices(WORDS, k=rng.randrange(8, 40)))
+        size = {"latency_budget_ms": budget_ms} if budget_ms else {"sparsity": rng.choice([0.0, 0.3, 0.6, 0.9])}
+        bodies.append({"inputs": [text], **size})
+    return bodies
+
+
+def run_load(url: str, clients: int, total: int, seconds: float, budget_ms: float | None = None) -> dict[str, Any]:
+    """`clients` concurrent clients share `total` requests (or stop after `seconds`)."""
+    rng = random.Random(clients)
+    results: list[dict[str, Any]] = []
+    per = max(1, total // clients)
+    stop = time.time() + seconds
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(_client(url, _bodies(rng, per, budget_ms), stop, results) for _ in range(clients)))
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(main())
+    ok = sorted(r["ms"] for r in results if r["status"] == 200)
+    row = {"clients": clients, "requests": len(results), "ok": len(ok), "seconds": round(wall, 2),
+           "throughput_rps": round(len(ok) / wall, 2), "p50_ms": _pct(ok, 50), "p95_ms": _pct(ok, 95),
+           "p99_ms": _pct(ok, 99), "errors": len(results) - len(ok)}  # fmt: skip
+    if budget_ms:
+        row["budget_ms"] = budget_ms
+        row["budget_met_fraction"] = round(sum(r["ms"] <= budget_ms for r in results if r["status"] == 200)
+                                           / max(len(results), 1), 4)  # fmt: skip
+        row["server_budget_met_fraction"] = round(sum(bool(r["server_budget_met"]) for r in results)
+                                                  / max(len(results), 1), 4)  # fmt: skip
+        row["mean_sparsity"] = round(statistics.mean(r["sparsity"] for r in results if r["sparsity"] is not None), 3)
+    print(row, flush=True)
+    return row
+
+
+def _pct(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(len(values) * q / 100))], 2)
+
+
+def main() -> None:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--budget_ms", type=float, default=None, help="default: 3x the dense p50 at 1 client")
+    args = p.parse_args()
+    if not args.model:
+        raise SystemExit("--model CKPT is required (e.g. runs/default from `python train.py`)")
+    total, seconds = (200, 40.0) if args.quick else (1000, 120.0)
+    levels = [1, 8, 32] if args.quick else [1, 8, 32, 64]
+    rows: dict[str, list[dict[str, Any]]] = {"batched": [], "one_at_a_time": []}
+    for mode, max_batch in (("batched", 32), ("one_at_a_time", 1)):
+        proc, url = start_server(args.model, args.device, max_batch)
+        try:
+            for c in levels if mode == "batched" else [1, 32]:
+                rows[mode].append(run_load(url, c, total, seconds))
+            if mode == "batched":
+                single = rows[mode][0]["p50_ms"] or 50.0
+                budget = args.budget_ms or round(3 * single, 1)
+                budget_row = run_load(url, 32, total, seconds, budget_ms=budget)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    b32 = next(r for r in rows["batched"] if r["clients"] == 32)
+    s32 = next(r for r in rows["one_at_a_time"] if r["clients"] == 32)
+    summary = {"batching_throughput_ratio_32": round(b32["throughput_rps"] / max(s32["throughput_rps"], 1e-9), 2),
+               "budget_met_fraction": budget_row["budget_met_fraction"], "budget_ms": budget_row["budget_ms"],
+               "device": device_name(args.device)}  # fmt: skip
+    out = Path(args.out)
+    write_result(out, "serve_load", {"summary": summary, "rows": rows, "budget": budget_row, "quick": args.quick})
+    pyplot = plt()
+    fig, (a1, a2) = pyplot.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for mode, rs in rows.items():
+        a1.plot([r["clients"] for r in rs], [r["throughput_rps"] for r in rs], "o-", label=mode)
+        a2.plot([r["clients"] for r in rs], [r["p99_ms"] for r in rs], "o-", label=f"{mode} p99")
+    a1.set_xlabel("concurrent clients")
+    a1.set_ylabel("requests / s")
+    a2.set_xlabel("concurrent clients")
+    a2.set_ylabel("client latency (ms)")
+    for ax in (a1, a2):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"dynsparse serve, mixed sizes ({summary['device']})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "serve_load.png")
+
+
+if __name__ == "__main__":
+    main()
