@@ -140,5 +140,7 @@ def level_info(model: ElasticModel, name: str, device: torch.device | str, batch
         dev = torch.cuda.get_device_name(torch.device(dev))
     else:
         dev = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    return {"model": Path(name).name or name, "device": dev, "latency_batch": batch, "latency_seq_len": seq_len,
+    path = Path(name)
+    shown = path.parent.name if path.name in ("model", "") else path.name  # pip assets keep weights in .../model
+    return {"model": shown or name, "device": dev, "latency_batch": batch, "latency_seq_len": seq_len,
             "allocation": model.allocation}  # fmt: skip
