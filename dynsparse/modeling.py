@@ -152,6 +152,8 @@ class ElasticModel(nn.Module):
         """Per layer, the (heads, neurons) kept at `sparsity`; nested: a larger s keeps a subset."""
         check_sparsity(sparsity)
         if sparsity not in self._structures:
+            if len(self._structures) >= 4096:  # requests may ask any float: keep the cache bounded
+                self._structures.clear()
             if self.allocation == "global":
                 self._ranking = self._ranking or rank_globally(
                     self.head_scores.cpu(), self.neuron_scores.cpu(), head_cost(self.shape), neuron_cost(self.shape)

@@ -25,7 +25,7 @@ def default_cache_dir() -> Path:
 class Settings(BaseSettings):
     """Everything an operator can set; every field is also `DYNSPARSE_<NAME>` (lists and dicts as JSON)."""
 
-    model_config = SettingsConfigDict(env_prefix="DYNSPARSE_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="DYNSPARSE_", extra="forbid", env_parse_none_str="null")
 
     # -- what to serve, and where
     checkpoint: Path = Field(description="dynsparse checkpoint directory (loaded once, serves every size)")

@@ -57,3 +57,10 @@ def test_get_settings_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_settings_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(checkpoint="c", **bad)  # type: ignore[arg-type]
+
+
+def test_null_in_the_environment_turns_a_setting_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNSPARSE_DEGRADE_AT", "null")  # as the README documents: never degrade
+    monkeypatch.setenv("DYNSPARSE_PROFILE_CACHE_DIR", "null")
+    s = Settings(checkpoint="c")
+    assert s.degrade_at is None and s.profile_cache_dir is None
