@@ -62,9 +62,9 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="a finished dynsparse run with the same step budget")
     args = p.parse_args()
-    steps = 30 if args.quick else int(DEFAULT_FLAGS["max_steps"])
+    steps = 20 if args.quick else int(DEFAULT_FLAGS["max_steps"])
     lr, batch = float(DEFAULT_FLAGS["learning_rate"]), int(DEFAULT_FLAGS["per_device_train_batch_size"])
-    m, d = resolve_defaults(ModelArguments(), DataArguments(max_seq_length=64, max_eval_samples=300 if args.quick
+    m, d = resolve_defaults(ModelArguments(), DataArguments(max_seq_length=64, max_eval_samples=200 if args.quick
                                                             else None))  # fmt: skip
     s = setup(m, d, SparsityArguments())
     levels = [round(i / 10, 1) for i in range(10)]
