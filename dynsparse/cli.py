@@ -7,6 +7,7 @@ and exits 1, with the traceback in the log file. Never a traceback on the consol
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -66,6 +67,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     parser.error = _Parser.error.__get__(parser)  # type: ignore[method-assign]
 
     def run() -> None:
+        from dynsparse.cli_logging import set_console_level
+        from dynsparse.distributed import world_from_env
         from dynsparse.recipe import run_training
 
         pre, _ = parser.parse_known_args(argv)
@@ -79,7 +82,10 @@ def train_main(argv: Sequence[str] | None = None) -> int:
             m, d, sp, t, _extra = parser.parse_args_into_dataclasses(args=argv)
         except ValueError as e:  # a dataclass's __post_init__ check
             raise InputError(str(e)) from None
-        run_training(m, d, sp, t)
+        world = world_from_env(os.environ)  # torchrun describes each process it starts in the environment
+        if not world.is_main:
+            set_console_level(logging.WARNING)  # rank 0 speaks for the run; the others only report problems
+        run_training(m, d, sp, t, world)
 
     return _guarded(run)
 

@@ -27,6 +27,13 @@ def setup_console_log(level: int = logging.INFO) -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # offline retries are reported by our error
 
 
+def set_console_level(level: int) -> None:
+    """Show only records at `level` and above on the console (e.g. WARNING on the other ranks of a torchrun)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _TqdmHandler):
+            handler.setLevel(level)
+
+
 def add_file_log(path: Path) -> None:
     """Also log everything (DEBUG) to `path`, e.g. OUTPUT_DIR/train.log."""
     handler = logging.FileHandler(path)

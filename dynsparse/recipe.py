@@ -2,6 +2,9 @@
 
 Everything that can fail on user input (model path, architecture, data files, columns, labels) is
 checked before the output directory is touched, so a bad run leaves nothing behind.
+
+Under torchrun every process runs this recipe: each trains on its shard of every batch (see
+`dynsparse.distributed`), and rank 0 alone writes the output folder, the logs and the checkpoint.
 """
 
 import logging
@@ -16,6 +19,7 @@ import torch
 from dynsparse.checkpoint import META
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
 from dynsparse.data import Columns, detect_columns, encode, label_names, load_split
+from dynsparse.distributed import World, main_first, process_group, resolve_device
 from dynsparse.errors import InputError
 from dynsparse.evaluate import (
     LATENCY_BATCH,
@@ -91,31 +95,50 @@ def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
     return Setup(model, task, train_ds, eval_ds, teacher, cols)
 
 
-def prepare_output_dir(t: TrainArguments) -> Path:
+def prepare_output_dir(t: TrainArguments, write: bool = True) -> Path:
+    """Check the output folder, then (when `write`: rank 0 only) create it and start a fresh metrics log."""
     out = Path(t.output_dir)
     if (out / META).exists() and not (t.overwrite_output_dir or t.resume_from_checkpoint):
         raise InputError(f"{out} already holds a checkpoint: pass --overwrite_output_dir or --resume_from_checkpoint")
     if out.exists() and not out.is_dir():
         raise InputError(f"--output_dir {out} exists and is not a directory")
+    if not write:  # the other ranks fail on the same checks, but never touch the folder
+        return out
     out.mkdir(parents=True, exist_ok=True)
     if not t.resume_from_checkpoint:  # a fresh run starts a fresh metrics log
         (out / "train_log.jsonl").unlink(missing_ok=True)
     return out
 
 
-def run_training(m: ModelArguments, d: DataArguments, sp: SparsityArguments, t: TrainArguments) -> Path:
-    """Train once, evaluate every level, write the checkpoint at the top of `output_dir`."""
-    m, d = resolve_defaults(m, d)
-    torch.manual_seed(t.seed)
-    s = setup(m, d, sp)
-    out = prepare_output_dir(t)
-    from dynsparse.cli_logging import add_file_log
+def run_training(
+    m: ModelArguments, d: DataArguments, sp: SparsityArguments, t: TrainArguments, world: World | None = None
+) -> Path:
+    """Train once, evaluate every level, write the checkpoint at the top of `output_dir`.
 
-    add_file_log(out / "train.log")
-    log.info("training %s on %s (%d examples, labels %s)", m.model_name_or_path, d.train_file, len(s.train_ds),
-             s.model.meta["labels"])  # fmt: skip
-    trainer = Trainer(s.model, s.task, s.train_ds, s.eval_ds, t, sp, s.teacher)
-    summary = trainer.train()
+    `world` places this process in a torchrun launch (`distributed.world_from_env`; default: one process).
+    Rank 0 evaluates the levels after the process group is closed, so the other ranks exit when training
+    ends and a long evaluation cannot time out their collectives.
+    """
+    world = world or World()
+    with process_group(world, resolve_device(t.device, world)):
+        with main_first(world):  # rank 0 fills the download and dataset caches, the others read them
+            m, d = resolve_defaults(m, d)
+            torch.manual_seed(t.seed)
+            s = setup(m, d, sp)
+        out = prepare_output_dir(t, write=world.is_main)
+        if world.is_main:
+            from dynsparse.cli_logging import add_file_log
+
+            add_file_log(out / "train.log")
+        log.info("training %s on %s (%d examples, labels %s, %d processes)", m.model_name_or_path, d.train_file,
+                 len(s.train_ds), s.model.meta["labels"], world.size)  # fmt: skip
+        trainer = Trainer(s.model, s.task, s.train_ds, s.eval_ds, t, sp, s.teacher, world)
+        try:
+            summary = {**trainer.train(), "world_size": world.size}
+        finally:
+            trainer.close()  # before the process group goes (see Trainer.close)
+    if not world.is_main:
+        return out
     model = trainer.model
     levels = default_levels(sp.max_sparsity)
     if sp.min_sparsity > 0:

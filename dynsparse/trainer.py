@@ -6,6 +6,10 @@ permuted into importance order, Adam moments with them), which fixes the nested 
 Phase 2 (sandwich): each step runs the densest size on the labels and the smallest plus random sizes
 on a mix of labels and the dense forward's soft predictions (in-place distillation) or a fixed
 teacher's; sub-sizes run as real prefix slices, so they cost less than the dense forward.
+
+Distributed (torchrun): every rank trains the same sizes on its shard of the global batch through
+DistributedDataParallel, which all-reduces gradients once per optimizer step; the Taylor gates' gradients are
+averaged by hand (they are not parameters), so every rank rewires identically. Rank 0 logs and saves.
 """
 
 import json
@@ -21,13 +25,14 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from dynsparse.config import SparsityArguments, TrainArguments
+from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
 from dynsparse.evaluate import make_loader, predict_levels
 from dynsparse.importance import TaylorScorer, magnitude_scores
 from dynsparse.modeling import ElasticModel
 from dynsparse.rewire import rewire
 from dynsparse.schedule import batch_indices, sample_sizes, total_steps
 from dynsparse.tasks import Task, distill_loss
-from dynsparse.train_state import TrainerState, load_state, resolve_resume, save_state
+from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +44,32 @@ class Batch:
 
 
 class Trainer:
-    """Holds the training state; `train()` only calls `_step`, `_evaluate` and `_save`."""
+    """Holds the training state; `train()` only calls `_step`, `_evaluate` and `_save`.
+
+    `world` is this process's place in a torchrun launch (default: a single process). The training forwards
+    run through `self.wrapped` (DistributedDataParallel when distributed); `self.model` stays the plain
+    `ElasticModel` with the same parameters, for sizes, evaluation and saving.
+    """
 
     def __init__(
         self, model: ElasticModel, task: Task, train_ds: Dataset, eval_ds: Dataset | None, args: TrainArguments,
-        sparsity: SparsityArguments, teacher: ElasticModel | None = None,
+        sparsity: SparsityArguments, teacher: ElasticModel | None = None, world: World | None = None,
     ) -> None:  # fmt: skip
         self.model, self.task, self.train_ds, self.eval_ds = model, task, train_ds, eval_ds
         self.args, self.sp, self.teacher = args, sparsity, teacher
+        self.world = world or World()
         self.out_dir = Path(args.output_dir)
-        self.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(args.device, self.world)
         self.model.to(self.device)
+        self.wrapped = wrap_model(self.model, self.world, self.device)
+        self.global_batch = args.per_device_train_batch_size * self.world.size
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
         from transformers import DataCollatorWithPadding
 
         self.collate = DataCollatorWithPadding(model.tokenizer)
-        self.total = total_steps(args.max_steps, args.num_train_epochs, len(train_ds),
-                                 args.per_device_train_batch_size, args.gradient_accumulation_steps)  # fmt: skip
+        self.total = total_steps(args.max_steps, args.num_train_epochs, len(train_ds), self.global_batch,
+                                 args.gradient_accumulation_steps)  # fmt: skip
         self.optimizer = self._make_optimizer()
         from transformers import get_linear_schedule_with_warmup
 
@@ -88,9 +101,9 @@ class Trainer:
         elif self.sp.importance == "magnitude" and not self.state.rewired:
             self._rewire(*magnitude_scores(self.model))
         self.model.meta["ordering"] = {"estimator": self.sp.importance}
-        start, t0 = self.state.step, time.time()
-        bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True)
-        with bar, open(self.log_path, "a") as log_file:
+        start, t0, main = self.state.step, time.time(), self.world.is_main
+        bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True, disable=not main)
+        with bar, (open(self.log_path, "a") if main else nullcontext()) as log_file:
             while self.state.step < self.total:
                 if self._importance_done():
                     self._rewire(*self.scorer.scores())
@@ -98,12 +111,8 @@ class Trainer:
                 self.state.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", phase=record["phase"])
-                if self._due(self.args.eval_steps):
-                    record.update(self._evaluate())
-                    log.info("step %d: %s", self.state.step, {k: v for k, v in record.items() if "eval" in k})
-                if self._due(self.args.logging_steps) or "eval_dense_accuracy" in record:
-                    log_file.write(json.dumps({"step": self.state.step, **record}) + "\n")
-                    log_file.flush()
+                if main:  # the other ranks go on to the next step and wait for rank 0 in its all-reduce
+                    self._report(record, log_file)
                 if self._due(self.args.save_steps):
                     self._save()
         if not self.state.rewired and self.sp.importance == "taylor":  # fewer steps than the importance phase
@@ -112,6 +121,23 @@ class Trainer:
         return {"steps": self.total, "resumed_at": start, "seconds": round(elapsed, 1),
                 "steps_per_second": round((self.total - start) / max(elapsed, 1e-9), 3),
                 "importance_steps": self.state.importance_steps}  # fmt: skip
+
+    def close(self) -> None:
+        """Drop the DistributedDataParallel wrapper; call it before the process group is destroyed.
+
+        The wrapper's reducer holds the group. Released last from the reducer's destructor, the group joins
+        gloo's worker threads while holding the GIL they may need, which can hang the process at exit.
+        """
+        self.wrapped = self.model
+
+    def _report(self, record: dict[str, Any], log_file: Any) -> None:
+        """Evaluate when due and append the step's record to train_log.jsonl (rank 0 only)."""
+        if self._due(self.args.eval_steps):
+            record.update(self._evaluate())
+            log.info("step %d: %s", self.state.step, {k: v for k, v in record.items() if "eval" in k})
+        if self._due(self.args.logging_steps) or any(k.startswith("eval_") for k in record):
+            log_file.write(json.dumps({"step": self.state.step, **record}) + "\n")
+            log_file.flush()
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.state.step % every == 0
@@ -128,7 +154,7 @@ class Trainer:
     # -- one optimizer step --------------------------------------------------------------------------
     def _step(self) -> dict[str, Any]:
         """One optimizer step over `gradient_accumulation_steps` micro-batches."""
-        self.model.train()
+        self.wrapped.train()
         dense_phase = self.sp.importance == "taylor" and not self.state.rewired
         sizes = [self.sp.min_sparsity] if dense_phase else sample_sizes(
             self.state.step, self.args.seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step)
@@ -136,8 +162,9 @@ class Trainer:
         accum = self.args.gradient_accumulation_steps
         for micro in range(accum):
             batch = self._batch(self.state.step * accum + micro)
-            for s, loss in self._micro_step(batch, sizes, dense_phase).items():
+            for s, loss in self._micro_step(batch, sizes, dense_phase, last=micro == accum - 1).items():
                 losses[s] += loss / accum
+        losses = self._average_losses(losses)
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
         self.scaler.step(self.optimizer)
@@ -148,26 +175,48 @@ class Trainer:
                 "loss_by_size": {f"{s:.3f}": round(v, 5) for s, v in losses.items()},
                 "grad_norm": round(float(grad_norm), 4), "lr": self.scheduler.get_last_lr()[0]}  # fmt: skip
 
-    def _micro_step(self, batch: Batch, sizes: list[float], dense_phase: bool) -> dict[float, float]:
-        """Forward and backward every size on one micro-batch; returns each size's loss."""
+    def _micro_step(self, batch: Batch, sizes: list[float], dense_phase: bool, last: bool) -> dict[float, float]:
+        """Forward and backward every size on one micro-batch; returns each size's loss.
+
+        Gradients are all-reduced across ranks only in the very last backward of the step (`last` micro-batch,
+        last size); the backwards before it accumulate locally.
+        """
         scale = 1.0 / self.args.gradient_accumulation_steps
         gates = self.scorer.gates() if dense_phase else (None, None)
-        with self._autocast():
-            out = self.model(**batch.inputs, sparsity=sizes[0], head_mask=gates[0], neuron_mask=gates[1])
-            loss = self.task.loss(out.logits, batch.labels)
-        self.scaler.scale(loss * scale).backward()
+        with sync_gradients(self.wrapped, last and len(sizes) == 1):
+            with self._autocast():
+                out = self.wrapped(**batch.inputs, sparsity=sizes[0], head_mask=gates[0], neuron_mask=gates[1])
+                loss = self.task.loss(out.logits, batch.labels)
+            self.scaler.scale(loss * scale).backward()
         if dense_phase:
-            self.scorer.update(*gates)
+            self._update_scorer(*gates)
         losses = {sizes[0]: loss.item()}
         soft = self._teacher_logits(batch, out.logits)
         a, t = self.sp.distill_alpha, self.sp.distill_temperature
-        for s in sizes[1:]:
-            with self._autocast():
-                logits = self.model(**batch.inputs, sparsity=s).logits
-                sub = a * distill_loss(logits.float(), soft, t) + (1 - a) * self.task.loss(logits, batch.labels)
-            self.scaler.scale(sub * scale).backward()
+        for i, s in enumerate(sizes[1:], start=2):
+            with sync_gradients(self.wrapped, last and i == len(sizes)):
+                with self._autocast():
+                    logits = self.wrapped(**batch.inputs, sparsity=s).logits
+                    sub = a * distill_loss(logits.float(), soft, t) + (1 - a) * self.task.loss(logits, batch.labels)
+                self.scaler.scale(sub * scale).backward()
             losses[s] = sub.item()
         return losses
+
+    def _update_scorer(self, head_gate: torch.Tensor | None, neuron_gate: torch.Tensor | None) -> None:
+        """Add the gates' gradients to the Taylor scores, averaged over ranks first: the gates are not parameters,
+        so DDP leaves them alone, and every rank needs the global batch's scores to rewire the same way."""
+        if head_gate is None or neuron_gate is None or head_gate.grad is None or neuron_gate.grad is None:
+            raise RuntimeError("gates have no gradient: the dense forward did not use them")
+        average_(self.world, head_gate.grad, neuron_gate.grad)
+        self.scorer.update(head_gate, neuron_gate)
+
+    def _average_losses(self, losses: dict[float, float]) -> dict[float, float]:
+        """Mean over ranks, so the log shows the global batch's losses, as a single process would."""
+        if not self.world.distributed:
+            return losses
+        values = torch.tensor(list(losses.values()), device=self.device)
+        average_(self.world, values)
+        return dict(zip(losses, values.tolist(), strict=True))
 
     def _teacher_logits(self, batch: Batch, dense_logits: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
@@ -182,7 +231,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _batch(self, micro_step: int) -> Batch:
-        idx = batch_indices(micro_step, self.args.seed, len(self.train_ds), self.args.per_device_train_batch_size)
+        # every rank draws the same global batch and keeps its own slice of it
+        idx = shard(batch_indices(micro_step, self.args.seed, len(self.train_ds), self.global_batch), self.world)
         features = self.collate([self.train_ds[int(i)] for i in idx])
         labels = features.pop("labels").to(self.device)
         return Batch(inputs={k: v.to(self.device) for k, v in features.items()}, labels=labels)
@@ -200,14 +250,18 @@ class Trainer:
                 f"eval_smallest_{m}": self.task.metrics(logits[levels[1]], labels)[m]}  # fmt: skip
 
     def _save(self) -> None:
+        """Rank 0 writes the state; every rank's RNG goes with it, so each resumes its own generators."""
+        rng = gather_objects(self.world, rng_state())
+        if not self.world.is_main:
+            return
         scores = {"head": self.scorer.head_scores, "neuron": self.scorer.neuron_scores,
                   "steps": torch.tensor([self.scorer.steps])}  # fmt: skip
         path = save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.state, scores,
-                          self.args.save_total_limit)  # fmt: skip
+                          self.args.save_total_limit, rng)  # fmt: skip
         log.info("saved training state %s", path)
 
     def _resume(self, path: Path) -> None:
-        self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler)
+        self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler, self.world.rank)
         self.scorer.head_scores, self.scorer.neuron_scores = scores["head"], scores["neuron"]
         self.scorer.steps = int(scores["steps"][0])
         log.info("resumed from %s at step %d", path, self.state.step)

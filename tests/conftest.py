@@ -40,8 +40,11 @@ def make_tokenizer(roberta_style: bool):  # noqa: ANN201
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", mask_token="[MASK]", **named)
 
 
-def make_tiny(family: str, out: Path, seed: int = 0) -> Path:
-    """A random transformers sequence classifier of `family` with a tokenizer, saved at `out`."""
+def make_tiny(family: str, out: Path, seed: int = 0, dropout: float | None = None) -> Path:
+    """A random transformers sequence classifier of `family` with a tokenizer, saved at `out`.
+
+    `dropout` overrides the family's default dropout probabilities (0 makes training deterministic).
+    """
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
@@ -66,6 +69,10 @@ def make_tiny(family: str, out: Path, seed: int = 0) -> Path:
                        {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}),
     }  # fmt: skip
     cfg_cls, model_cls, extra = table[family]
+    if dropout is not None:
+        names = ("dropout", "attention_dropout") if family == "distilbert" else \
+            ("hidden_dropout_prob", "attention_probs_dropout_prob")  # fmt: skip
+        extra = {**extra, **dict.fromkeys(names, dropout)}
     torch.manual_seed(seed)
     model_cls(cfg_cls(**common, **extra)).save_pretrained(out)
     make_tokenizer(family in ("roberta", "xlm-roberta")).save_pretrained(out)
