@@ -23,12 +23,13 @@ from common import base_parser, device_name, plt, write_result  # noqa: E402
 import dynsparse  # noqa: E402
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments  # noqa: E402
 from dynsparse.default import DEFAULT_FLAGS  # noqa: E402
-from dynsparse.evaluate import make_loader, predict_levels  # noqa: E402
+from dynsparse.evaluate import predict_levels  # noqa: E402
 from dynsparse.importance import magnitude_scores  # noqa: E402
 from dynsparse.modeling import ElasticModel  # noqa: E402
 from dynsparse.recipe import resolve_defaults, run_training, setup  # noqa: E402
 from dynsparse.rewire import rewire  # noqa: E402
 from dynsparse.schedule import batch_indices  # noqa: E402
+from dynsparse.tasks import SequenceClassification  # noqa: E402
 
 PRUNED_LEVELS = (0.25, 0.5, 0.75)
 
@@ -54,8 +55,9 @@ def finetune_at(model: ElasticModel, sparsity: float, train_ds: object, steps: i
 
 
 def accuracy_at(model: ElasticModel, eval_ds: object, levels: list[float]) -> dict[float, float]:
-    logits, labels = predict_levels(model.eval(), make_loader(eval_ds, model.tokenizer, 64), levels, progress=False)
-    return {s: round(100 * float((logits[s].argmax(-1) == labels).float().mean()), 2) for s in levels}
+    task = SequenceClassification(model.meta["labels"])
+    preds = predict_levels(model.eval(), task, eval_ds, levels, 64, progress=False)
+    return {s: round(100 * task.metrics(preds[s], eval_ds)["accuracy"], 2) for s in levels}
 
 
 def main() -> None:

@@ -65,7 +65,8 @@ def main() -> None:
         targs = TrainArguments(output_dir="/tmp/dynsparse-bench", max_steps=1000, device=args.device,
                                per_device_train_batch_size=args.batch,
                                mixed_precision="bf16" if args.device == "cuda" else "no")  # fmt: skip
-        trainer = Trainer(model, SequenceClassification(model.shape.num_labels), ds, None, targs,
+        task = SequenceClassification([str(i) for i in range(model.shape.num_labels)])
+        trainer = Trainer(model, task, ds, None, targs,
                           SparsityArguments(sizes_per_step=sizes, importance="natural"))  # fmt: skip
         plain_ms = _timed(partial(_plain_step, trainer, trainer._batch(0)), args.device, steps)
         ofa_ms = _timed(trainer._step, args.device, steps)

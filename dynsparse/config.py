@@ -10,7 +10,7 @@ from typing import Literal
 
 Allocation = Literal["uniform", "global"]
 ImportanceMethod = Literal["taylor", "magnitude", "natural"]
-TASKS = ("text-classification",)
+TASKS = ("text-classification", "token-classification", "question-answering", "feature-extraction")
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,16 @@ class ModelArguments:
 class DataArguments:
     train_file: str | None = field(default=None, metadata={"help": "csv/json/jsonl (or a datasets hub name)"})
     validation_file: str | None = field(default=None, metadata={"help": "csv/json/jsonl (or a datasets hub name)"})
-    task: str = field(default="text-classification", metadata={"help": f"one of {TASKS}"})
-    text_column: str | None = field(default=None, metadata={"help": "default: text, sentence or sentence1"})
-    text_pair_column: str | None = field(default=None, metadata={"help": "default: sentence2 when present"})
-    label_column: str = "label"
+    task: str = field(default="text-classification", metadata={"help": f"one of {TASKS} (pipeline names)"})
+    text_column: str | None = field(
+        default=None, metadata={"help": "default: text/sentence/sentence1; tokens; question; sentence1 (by task)"}
+    )
+    text_pair_column: str | None = field(
+        default=None, metadata={"help": "default: sentence2 when present; context (QA); sentence2 (embeddings)"}
+    )
+    label_column: str | None = field(
+        default=None, metadata={"help": "default: label; ner_tags/pos_tags/tags (tokens); answers (QA)"}
+    )
     max_seq_length: int = 128
     max_train_samples: int | None = None
     max_eval_samples: int | None = None

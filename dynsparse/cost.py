@@ -30,31 +30,36 @@ def encoder_params(shape: EncoderShape, structure: Structure) -> int:
     return prunable_params(shape, structure) + 6 * shape.hidden * len(structure)
 
 
-def head_params(shape: EncoderShape) -> int:
+def classifier_params(shape: EncoderShape) -> int:
+    """The sequence classifier's head: pooler dense layer and classifier."""
     return shape.hidden * shape.hidden + shape.hidden + shape.hidden * shape.num_labels + shape.num_labels
 
 
-def flops(shape: EncoderShape, structure: Structure, seq_len: int) -> int:
-    """Forward FLOPs (2 per multiply-add) for one sequence of `seq_len` tokens."""
+def flops(shape: EncoderShape, structure: Structure, seq_len: int, head_flops: int | None = None) -> int:
+    """Forward FLOPs (2 per multiply-add) for one sequence of `seq_len` tokens; the head's FLOPs default
+    to the sequence classifier's (pooler and classifier on the first token)."""
     t, d, hd = seq_len, shape.hidden, shape.head_dim
     total = 2 * t * shape.embedding_size * d if shape.embedding_size != d else 0
     for h, n in structure:
         a = h * hd
         total += 2 * t * d * 3 * a + 2 * 2 * t * t * a + 2 * t * a * d  # q, k, v; scores and context; output
         total += 2 * 2 * t * d * n  # FFN in and out
-    return total + 2 * (d * d + d * shape.num_labels)  # classifier head on the first token
+    return total + (2 * (d * d + d * shape.num_labels) if head_flops is None else head_flops)
 
 
-def level_costs(shape: EncoderShape, structure: Structure, seq_len: int) -> dict[str, float]:
-    """The accounting columns of a level row."""
+def level_costs(
+    shape: EncoderShape, structure: Structure, seq_len: int, head_params: int | None = None,
+    head_flops: int | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """The accounting columns of a level row (the head defaults to the sequence classifier's)."""
     full = ((shape.heads, shape.intermediate),) * shape.layers
     kept = prunable_params(shape, structure)
     enc, emb = encoder_params(shape, structure), embedding_params(shape)
     return {
-        "params": enc + emb + head_params(shape),
+        "params": enc + emb + (classifier_params(shape) if head_params is None else head_params),
         "params_encoder": enc,
         "params_embeddings": emb,
         "prunable_removed": round(1.0 - kept / prunable_params(shape, full), 4),
-        "flops": flops(shape, structure, seq_len),
+        "flops": flops(shape, structure, seq_len, head_flops),
         "flops_seq_len": seq_len,
     }

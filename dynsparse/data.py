@@ -9,6 +9,7 @@ from datasets import ClassLabel, Dataset
 from dynsparse.config import DataArguments
 from dynsparse.errors import InputError
 
+LANGUAGE = "language"  # a column of this name splits the results by language
 _EXT = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 _TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "premise")
 _PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis"}
@@ -16,9 +17,9 @@ _PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "h
 
 @dataclass(frozen=True)
 class Columns:
-    text: str
-    pair: str | None
-    label: str
+    text: str  # the text, the word list (tokens), the question (QA) or the first sentence (pairs)
+    pair: str | None  # the second text, the context (QA) or the second sentence (pairs)
+    label: str | None  # labels, tags or answers; None for embeddings
 
 
 def load_split(source: str, what: str = "data") -> Dataset:
@@ -53,11 +54,37 @@ def load_split(source: str, what: str = "data") -> Dataset:
     return ds
 
 
+def language_of(source: str) -> str:
+    """The language a file's name gives: `de.jsonl` and `validation.de.csv.bz2` are both `de`."""
+    parts = [p for p in Path(source).name.split(".") if p and "." + p not in (*_EXT, ".bz2", ".gz", ".xz", ".zst")]
+    return parts[-1] if parts else Path(source).name
+
+
+def load_splits(sources: list[str], what: str = "data") -> Dataset:
+    """One split from one source, or from one file per language: each file's rows get the language its name
+    gives (`de.jsonl`, `valid.de.jsonl` -> `de`) as their `language` column, unless they carry one already."""
+    from datasets import concatenate_datasets
+
+    if len(sources) == 1:
+        return load_split(sources[0], what)
+    parts = []
+    for source in sources:
+        ds = load_split(source, what)
+        if LANGUAGE not in ds.column_names:
+            ds = ds.add_column(LANGUAGE, [language_of(source)] * len(ds))
+        parts.append(ds)
+    try:
+        return concatenate_datasets(parts)
+    except ValueError as e:
+        raise InputError(f"{what}: the files' columns differ ({str(e).splitlines()[0][:200]})") from None
+
+
 def detect_columns(ds: Dataset, args: DataArguments) -> Columns:
     """The text (and pair) column: explicit flags first, else the usual names of GLUE-style data."""
     names = ds.column_names
-    if args.label_column not in names:
-        raise InputError(f"label column {args.label_column!r} not found; columns are {names}")
+    label = args.label_column or "label"
+    if label not in names:
+        raise InputError(f"label column {label!r} not found; columns are {names}")
     text = args.text_column or next((c for c in _TEXT_COLUMNS if c in names), None)
     if text is None:
         raise InputError(f"no text column found (looked for {_TEXT_COLUMNS}); pass --text_column, columns: {names}")
@@ -65,7 +92,7 @@ def detect_columns(ds: Dataset, args: DataArguments) -> Columns:
     for col in (text, pair):
         if col is not None and col not in names:
             raise InputError(f"column {col!r} not found; columns are {names}")
-    return Columns(text=text, pair=pair, label=args.label_column)
+    return Columns(text=text, pair=pair, label=label)
 
 
 def label_names(ds: Dataset, column: str) -> list[str]:
@@ -89,17 +116,20 @@ def encode(ds: Dataset, tokenizer: Any, cols: Columns, labels: list[str], max_le
         texts = [t if isinstance(t, str) else "" for t in batch[cols.text]]
         pairs = [t if isinstance(t, str) else "" for t in batch[cols.pair]] if cols.pair else None
         out = dict(tokenizer(texts, pairs, truncation=True, max_length=max_len))
-        unknown = [v for v in batch[cols.label] if str(v) not in index]
+        unknown = [v for v in batch[label_col] if str(v) not in index]
         if unknown:
             raise InputError(f"{what}: label {unknown[0]!r} is not one of the training labels {labels}")
-        out["labels"] = [index[str(v)] for v in batch[cols.label]]
+        out["labels"] = [index[str(v)] for v in batch[label_col]]
         return out
 
-    ds = ds.filter(lambda b: [v is not None for v in b[cols.label]], batched=True)
+    assert cols.label is not None
+    label_col = cols.label
+    ds = ds.filter(lambda b: [v is not None for v in b[label_col]], batched=True)
     if len(ds) == 0:
         raise InputError(f"{what}: no rows with a label")
     try:
-        return ds.map(_encode, batched=True, remove_columns=ds.column_names, desc=f"tokenising {what}")
+        remove = [c for c in ds.column_names if c != LANGUAGE]  # kept for per-language results
+        return ds.map(_encode, batched=True, remove_columns=remove, desc=f"tokenising {what}")
     except InputError:
         raise
     except Exception as e:  # a tokenizer error on odd input is bad data, not a crash

@@ -10,7 +10,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dynsparse.cost import level_costs
+from dynsparse.data import LANGUAGE
 from dynsparse.modeling import ElasticModel
 from dynsparse.profile import measure_latency
 from dynsparse.tasks import Task
@@ -27,43 +27,66 @@ def default_levels(max_sparsity: float, step: float = 0.1) -> list[float]:
     return levels if abs(levels[-1] - max_sparsity) < 1e-6 else [*levels, round(max_sparsity, 4)]
 
 
-def make_loader(ds: Dataset, tokenizer: Any, batch_size: int, shuffle: bool = False) -> DataLoader[Any]:
-    from transformers import DataCollatorWithPadding
-
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=DataCollatorWithPadding(tokenizer))
+def make_loader(ds: Dataset, tokenizer: Any, batch_size: int, task: Task) -> DataLoader[Any]:
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=task.collator(tokenizer))
 
 
 @torch.inference_mode()
 def predict_levels(
-    model: ElasticModel, loader: DataLoader[Any], levels: list[float], progress: bool = True
-) -> tuple[dict[float, torch.Tensor], torch.Tensor]:
-    """Logits of every level over the whole loader (one pass over the data): ({s: (N, C)}, labels (N,))."""
+    model: ElasticModel, task: Task, ds: Dataset, levels: list[float], batch_size: int = 64, progress: bool = True
+) -> dict[float, list[Any]]:
+    """Every level's predictions over `ds` in one pass over the data: {s: one `task.gather` entry per row}."""
     device = next(model.parameters()).device
-    logits: dict[float, list[torch.Tensor]] = {s: [] for s in levels}
-    labels = []
+    preds: dict[float, list[Any]] = {s: [] for s in levels}
+    loader = make_loader(ds, model.tokenizer, batch_size, task)
     for batch in tqdm(loader, desc=f"evaluating {len(levels)} levels", disable=not progress, unit="batch"):
         batch = {k: v.to(device) for k, v in batch.items()}
-        labels.append(batch.pop("labels").cpu())
+        labels = batch.pop("labels", None)
         for s in levels:
-            logits[s].append(model(**batch, sparsity=s).logits.float().cpu())
-    return {s: torch.cat(v) for s, v in logits.items()}, torch.cat(labels)
+            preds[s].extend(task.gather(model(**batch, sparsity=s).logits, labels))
+    return preds
+
+
+def languages(ds: Dataset) -> dict[str, list[int]]:
+    """Row indices per value of the `language` column (none without one, or with a single language)."""
+    if LANGUAGE not in ds.column_names:
+        return {}
+    rows: dict[str, list[int]] = {}
+    for i, lang in enumerate(ds[LANGUAGE]):
+        rows.setdefault(str(lang), []).append(i)
+    return dict(sorted(rows.items())) if len(rows) > 1 else {}
+
+
+def score_levels(task: Task, preds: dict[float, list[Any]], ds: Dataset) -> dict[float, dict[str, Any]]:
+    """Metrics per level over all rows and, when the data has languages, per language and their average."""
+    by_lang = languages(ds)
+    subsets = {lang: ds.select(idx) for lang, idx in by_lang.items()}
+    out: dict[float, dict[str, Any]] = {}
+    for s, p in preds.items():
+        row: dict[str, Any] = {k: round(v, 4) for k, v in task.metrics(p, ds).items()}
+        if by_lang:
+            per = {lang: task.metrics([p[i] for i in idx], subsets[lang]) for lang, idx in by_lang.items()}
+            row["by_language"] = {lang: {k: round(v, 4) for k, v in m.items()} for lang, m in per.items()}
+            row["language_average"] = {k: round(sum(m[k] for m in per.values()) / len(per), 4)
+                                       for k in next(iter(per.values()))}  # fmt: skip
+        out[s] = row
+    return out
 
 
 def evaluate_levels(
-    model: ElasticModel, task: Task, loader: DataLoader[Any] | None, levels: list[float], latency_batch: int = 8,
-    latency_seq_len: int = 128, progress: bool = True,
+    model: ElasticModel, task: Task, ds: Dataset | None, levels: list[float], latency_batch: int = 8,
+    latency_seq_len: int = 128, progress: bool = True, batch_size: int = 64,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The level table: one row per sparsity with costs, task metrics (when data is given) and latency."""
     model.eval()
-    metrics: dict[float, dict[str, float]] = {}
-    if loader is not None:
-        logits, labels = predict_levels(model, loader, levels, progress)
-        metrics = {s: task.metrics(logits[s], labels) for s in levels}
+    metrics: dict[float, dict[str, Any]] = {}
+    if ds is not None:
+        metrics = score_levels(task, predict_levels(model, task, ds, levels, batch_size, progress), ds)
     rows = []
     for s in tqdm(levels, desc="measuring latency", disable=not progress, unit="level"):
         structure = model.structure(s)
-        row: dict[str, Any] = {"sparsity": s, **level_costs(model.shape, structure, latency_seq_len)}
-        row.update({k: round(v, 4) for k, v in metrics.get(s, {}).items()})
+        row: dict[str, Any] = {"sparsity": s, **model.costs(s, latency_seq_len)}
+        row.update(metrics.get(s, {}))
         row["latency_ms"] = round(measure_latency(model, s, latency_batch, latency_seq_len), 3)
         row["heads"] = sum(h for h, _ in structure)
         row["neurons"] = sum(n for _, n in structure)
@@ -77,12 +100,48 @@ def evaluate_levels(
 def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
     cols = ["sparsity", *([metric] if metric else []), "f1", "params", "params_encoder", "flops", "latency_ms",
             "speedup"]  # fmt: skip
-    cols = [c for c in cols if c in rows[0]]
+    cols = [c for i, c in enumerate(cols) if c in rows[0] and c not in cols[:i]]
     fmt = {"params": "{:,}", "params_encoder": "{:,}", "flops": "{:.3g}"}
     lines = ["  ".join(f"{c:>14}" for c in cols)]
     for r in rows:
         lines.append("  ".join(f"{fmt.get(c, '{}').format(r[c]):>14}" for c in cols))
     return "\n".join(lines)
+
+
+def format_languages(rows: list[dict[str, Any]], metric: str) -> str:
+    """Language x sparsity table of `metric`, with the average over languages as the last line."""
+    langs = list(rows[0]["by_language"])
+    lines = [f"{metric + ' by language':>24}" + "".join(f"{r['sparsity']:>8}" for r in rows)]
+    for lang in langs:
+        lines.append(f"{lang:>24}" + "".join(f"{r['by_language'][lang][metric]:>8.4f}" for r in rows))
+    lines.append(f"{'average':>24}" + "".join(f"{r['language_average'][metric]:>8.4f}" for r in rows))
+    return "\n".join(lines)
+
+
+def plot_languages(rows: list[dict[str, Any]], metric: str, path: Path, title: str) -> None:
+    """Heat map of `metric`: languages (and their average) by sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    langs = list(rows[0]["by_language"])
+    grid = [[r["by_language"][lang][metric] for r in rows] for lang in langs]
+    grid.append([r["language_average"][metric] for r in rows])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.62 * len(rows), 1.3 + 0.42 * len(grid)), dpi=120)
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(rows)), [f"{r['sparsity']:g}" for r in rows])
+    ax.set_yticks(range(len(grid)), [*langs, "average"])
+    for i, line in enumerate(grid):
+        for j, v in enumerate(line):
+            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 * (
+                max(map(max, grid)) + min(map(min, grid))) else "black")  # fmt: skip
+    ax.set_xlabel("sparsity")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label=metric)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def plot_levels(rows: list[dict[str, Any]], metric: str | None, path: Path, title: str) -> None:
@@ -118,3 +177,7 @@ def write_levels(rows: list[dict[str, Any]], out_dir: Path, metric: str | None, 
     plot_levels(rows, metric, out_dir / "levels.png", title)
     print(format_table(rows, metric), flush=True)
     log.info("wrote %s and %s", out_dir / "levels.json", out_dir / "levels.png")
+    if metric and "by_language" in rows[0]:
+        plot_languages(rows, metric, out_dir / "languages.png", f"{info.get('model', 'dynsparse')}: {metric}")
+        print(format_languages(rows, metric), flush=True)
+        log.info("wrote %s", out_dir / "languages.png")

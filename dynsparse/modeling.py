@@ -15,15 +15,16 @@ from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
 from dynsparse.config import Allocation
-from dynsparse.cost import head_cost, neuron_cost
+from dynsparse.cost import head_cost, level_costs, neuron_cost
 from dynsparse.errors import InputError
 from dynsparse.family import EncoderShape, Family
+from dynsparse.heads import check_task, head_params, make_head
 from dynsparse.masks import GlobalRanking, Structure, global_structure, rank_globally, uniform_structure
 
 
 @dataclass
 class EncoderOutput:
-    logits: Tensor  # (B, num_labels)
+    logits: Tensor  # the task head's output: (B, C) labels, (B, T, C) tokens, (B, T, 2) spans, (B, H) embeddings
     last_hidden_state: Tensor  # (B, T, H)
 
 
@@ -100,21 +101,6 @@ class ElasticLayer(nn.Module):
         return self.ffn_norm(x + self.dropout(out))
 
 
-class ClassifierHead(nn.Module):
-    """First token -> dense -> activation -> label logits (BERT's pooler + classifier, RoBERTa's head)."""
-
-    def __init__(self, shape: EncoderShape, act: str, dropout: float) -> None:
-        super().__init__()
-        self.pool = nn.Linear(shape.hidden, shape.hidden)
-        self.act = ACT2FN[act]
-        self.classifier = nn.Linear(shape.hidden, shape.num_labels)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        pooled = self.act(self.pool(self.dropout(hidden[:, 0])))  # (B, H)
-        return self.classifier(self.dropout(pooled))  # (B, C)
-
-
 class ElasticModel(nn.Module):
     """An encoder that runs at any sparsity in [0, 1) from one set of weights.
 
@@ -129,17 +115,19 @@ class ElasticModel(nn.Module):
 
     def __init__(
         self, shape: EncoderShape, family: Family, hf_config: Any, allocation: Allocation = "uniform",
-        tokenizer: Any = None, meta: dict[str, Any] | None = None,
+        tokenizer: Any = None, meta: dict[str, Any] | None = None, task: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         self.shape, self.family, self.hf_config, self.tokenizer = shape, family, hf_config, tokenizer
         self.allocation: Allocation = allocation
         self.meta: dict[str, Any] = dict(meta or {})
+        self.task = check_task(task or self.meta.get("task") or "text-classification")
+        self.meta["task"] = self.task
         hidden_dropout = getattr(hf_config, "hidden_dropout_prob", getattr(hf_config, "dropout", 0.1))
         attn_dropout = getattr(hf_config, "attention_probs_dropout_prob", getattr(hf_config, "attention_dropout", 0.1))
         self.embeddings = Embeddings(shape, family.padded_positions, hidden_dropout)
         self.layers = nn.ModuleList(ElasticLayer(shape, hidden_dropout, attn_dropout) for _ in range(shape.layers))
-        self.head = ClassifierHead(shape, family.pool_act, hidden_dropout)
+        self.head = make_head(self.task, shape, family, hidden_dropout)
         # Importance scores, sorted descending per layer (units are stored in this order). The natural order
         # (a descending ramp) until training or `rewire` sets real scores.
         self.register_buffer("head_scores", torch.linspace(1, 0, shape.heads).repeat(shape.layers, 1))  # (L, H)
@@ -164,6 +152,11 @@ class ElasticModel(nn.Module):
                 self._structures[sparsity] = uniform_structure(sparsity, s.layers, s.heads, s.intermediate)
         return self._structures[sparsity]
 
+    def costs(self, sparsity: float, seq_len: int) -> dict[str, float]:
+        """Parameters (with and without embeddings) and FLOPs per sequence of `seq_len` tokens at `sparsity`."""
+        head = self.head
+        return level_costs(self.shape, self.structure(sparsity), seq_len, head_params(head), head.flops(seq_len))
+
     def set_scores(self, head_scores: Tensor, neuron_scores: Tensor) -> None:
         """Record the (already sorted) importance that fixes the ordering; forgets cached structures."""
         self.head_scores.copy_(head_scores)
@@ -184,7 +177,7 @@ class ElasticModel(nn.Module):
         """Run at `sparsity` (or an explicit `structure`); `head_mask` (L, H) / `neuron_mask` (L, F)
         instead scale units of the full-width model (the masked forward used for importance and tests)."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, structure, head_mask, neuron_mask)
-        return EncoderOutput(logits=self.head(hidden), last_hidden_state=hidden)
+        return EncoderOutput(logits=self.head(hidden, attention_mask), last_hidden_state=hidden)
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,

@@ -15,6 +15,7 @@ from torch import Tensor
 from dynsparse.config import Allocation
 from dynsparse.errors import InputError
 from dynsparse.family import Family, family_for, shape_from_config
+from dynsparse.heads import AUTO_CLASS, check_task, head_names
 from dynsparse.modeling import ElasticModel
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,10 @@ _LAYER_PARAMS = (  # (ours, LayerNames field, transposed)
 )  # fmt: skip
 
 
-def name_pairs(family: Family, layers: int, type_vocab: bool, project: bool) -> Iterator[tuple[str, str, bool]]:
-    """(our name, transformers name, transposed) for every weight of a sequence classifier."""
+def name_pairs(
+    family: Family, layers: int, type_vocab: bool, project: bool, task: str = "text-classification"
+) -> Iterator[tuple[str, str, bool]]:
+    """(our name, transformers name, transposed) for every weight of the task's transformers model."""
     e = family.embeddings
     yield from (("embeddings.word.weight", e + "word_embeddings.weight", False),
                 ("embeddings.position.weight", e + "position_embeddings.weight", False),
@@ -48,15 +51,14 @@ def name_pairs(family: Family, layers: int, type_vocab: bool, project: bool) -> 
         for ours, field_and_param, transposed in _LAYER_PARAMS:
             field, param = field_and_param.split(".")
             yield f"layers.{i}.{ours}", f"{prefix}{getattr(family.layers, field)}.{param}", transposed
-    for p in ("weight", "bias"):
-        yield f"head.pool.{p}", f"{family.pool}.{p}", False
-        yield f"head.classifier.{p}", f"{family.classifier}.{p}", False
+    for ours, theirs in head_names(task, family):
+        yield ours, theirs, False
 
 
 def import_weights(model: ElasticModel, hf_state: dict[str, Tensor]) -> None:
     """Copy a transformers state dict into `model` (exact shapes required)."""
     s = model.shape
-    pairs = name_pairs(model.family, s.layers, s.type_vocab > 0, s.embedding_size != s.hidden)
+    pairs = name_pairs(model.family, s.layers, s.type_vocab > 0, s.embedding_size != s.hidden, model.task)
     ours = {o: (hf_state[t].T if tr else hf_state[t]) for o, t, tr in pairs}
     missing, unexpected = model.load_state_dict({k: v.contiguous() for k, v in ours.items()}, strict=False)
     missing = [k for k in missing if not k.endswith("_scores")]
@@ -79,28 +81,35 @@ def load_hf_config(name_or_path: str, **overrides: Any) -> Any:
     return config
 
 
-def load_tokenizer(name_or_path: str) -> Any:
+def load_tokenizer(name_or_path: str, model_type: str = "", task: str = "text-classification") -> Any:
     from transformers import AutoTokenizer
 
+    # byte-level BPE needs a prefix space to tokenise pre-split words as inside a sentence (as run_ner.py does)
+    extra = {"add_prefix_space": True} if model_type == "roberta" and task == "token-classification" else {}
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path, **extra)
     except (OSError, ValueError, TypeError) as e:
         raise InputError(f"cannot load a tokenizer from {name_or_path!r}: {_first_line(e)}") from None
 
 
 def from_pretrained(
-    name_or_path: str, labels: list[str] | None = None, allocation: Allocation = "uniform", tokenizer: bool = True
-) -> ElasticModel:
+    name_or_path: str, labels: list[str] | None = None, allocation: Allocation = "uniform", tokenizer: bool = True,
+    task: str = "text-classification",
+) -> ElasticModel:  # fmt: skip
     """Wrap a transformers checkpoint as an `ElasticModel` with the natural (untrained) ordering.
 
-    At sparsity 0 it gives the transformers model's outputs. `labels` sets the classifier's label
-    names (a new classifier is initialised when the checkpoint has none or another count).
+    At sparsity 0 it gives the outputs of the task's transformers model (`AutoModelFor<task>`). `labels` sets
+    the classifier's label names (a new head is initialised when the checkpoint has none or another count).
     """
-    from transformers import AutoModelForSequenceClassification
+    import transformers
     from transformers.utils import logging as hf_logging
 
+    check_task(task)
+
     overrides: dict[str, Any] = {}
-    if labels is not None:
+    if task == "question-answering":  # start and end logits
+        overrides = {"num_labels": 2, "id2label": {0: "start", 1: "end"}, "label2id": {"start": 0, "end": 1}}
+    if labels is not None and task in ("text-classification", "token-classification"):
         overrides = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
                      "label2id": {name: i for i, name in enumerate(labels)}}  # fmt: skip
     config = load_hf_config(name_or_path, **overrides)
@@ -108,21 +117,32 @@ def from_pretrained(
     hf_logging.set_verbosity_error()  # transformers' load report and bar would drown our one-line log
     hf_logging.disable_progress_bar()
     try:
-        hf = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, config=config, ignore_mismatched_sizes=labels is not None
-        )
+        auto = getattr(transformers, AUTO_CLASS[task])
+        hf = auto.from_pretrained(name_or_path, config=config, ignore_mismatched_sizes=labels is not None)
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError(f"cannot load weights from {name_or_path!r}: {_first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(level)
         hf_logging.enable_progress_bar()
-    model = ElasticModel(shape_from_config(config), family_for(config.model_type), config, allocation)
+    model = ElasticModel(shape_from_config(config), family_for(config.model_type), config, allocation, task=task)
+    state = hf.state_dict()
+    if task == "feature-extraction":  # the bare encoder's names lack the prefix the task models have
+        state = {f"{hf.base_model_prefix}.{k}": v for k, v in state.items()}
     with torch.no_grad():
-        import_weights(model, hf.state_dict())
-    model.tokenizer = load_tokenizer(name_or_path) if tokenizer else None
-    model.meta.update(base_model=str(name_or_path), labels=[config.id2label[i] for i in range(config.num_labels)])
+        import_weights(model, state)
+    model.tokenizer = load_tokenizer(name_or_path, config.model_type, task) if tokenizer else None
+    model.meta.update(base_model=str(name_or_path), labels=_labels(config, task))
     log.info("loaded %s (%s, %d layers)", name_or_path, config.model_type, config.num_hidden_layers)
     return model.eval()
+
+
+def _labels(config: Any, task: str) -> list[str]:
+    """The head's output names: label names, ["start", "end"] for spans, none for embeddings."""
+    if task == "feature-extraction":
+        return []
+    if task == "question-answering":
+        return ["start", "end"]
+    return [config.id2label[i] for i in range(config.num_labels)]
 
 
 def _looks_like_path(name: str) -> bool:

@@ -18,7 +18,7 @@ import torch
 
 from dynsparse.checkpoint import META
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
-from dynsparse.data import Columns, detect_columns, encode, label_names, load_split
+from dynsparse.data import Columns, load_split
 from dynsparse.distributed import World, main_first, process_group, resolve_device
 from dynsparse.errors import InputError
 from dynsparse.evaluate import (
@@ -26,12 +26,11 @@ from dynsparse.evaluate import (
     LATENCY_SEQ_LEN,
     default_levels,
     evaluate_levels,
-    make_loader,
     write_levels,
 )
 from dynsparse.modeling import ElasticModel
 from dynsparse.pretrained import from_pretrained, load_hf_config
-from dynsparse.tasks import Task, make_task
+from dynsparse.tasks import Task, task_class
 from dynsparse.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -77,21 +76,22 @@ def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
         train_raw = train_raw.select(range(min(d.max_train_samples, len(train_raw))))
     if eval_raw is not None and d.max_eval_samples:
         eval_raw = eval_raw.select(range(min(d.max_eval_samples, len(eval_raw))))
-    cols = detect_columns(train_raw, d)
+    kind = task_class(d.task)
+    cols = kind.columns(train_raw, d)
     if eval_raw is not None:
-        detect_columns(eval_raw, d)
-    labels = label_names(train_raw, cols.label)
-    task = make_task(d.task, len(labels))
-    model = from_pretrained(m.model_name_or_path, labels=labels, allocation=sp.allocation)
-    model.meta.update(task=d.task, labels=labels, columns={"text": cols.text, "pair": cols.pair})
+        kind.columns(eval_raw, d)
+    task = kind(kind.label_names(train_raw, cols))
+    model = from_pretrained(m.model_name_or_path, labels=task.labels, allocation=sp.allocation, task=d.task)
+    model.meta.update(task=d.task, labels=task.labels, main_metric=task.main_metric,
+                      columns={"text": cols.text, "pair": cols.pair, "label": cols.label})  # fmt: skip
     max_len = min(d.max_seq_length, model.shape.max_positions - 2)
-    train_ds = encode(train_raw, model.tokenizer, cols, labels, max_len, "training data")
-    eval_ds = encode(eval_raw, model.tokenizer, cols, labels, max_len, "validation data") if eval_raw else None
+    train_ds = task.encode(train_raw, model.tokenizer, cols, max_len, "training data", train=True)
+    eval_ds = task.encode(eval_raw, model.tokenizer, cols, max_len, "validation data", False) if eval_raw else None
     teacher = None
     if m.teacher_name_or_path:
-        teacher = from_pretrained(m.teacher_name_or_path, tokenizer=False)
-        if teacher.shape.num_labels != len(labels):
-            raise InputError(f"teacher has {teacher.shape.num_labels} labels, the data has {len(labels)}")
+        teacher = from_pretrained(m.teacher_name_or_path, tokenizer=False, task=d.task)
+        if len(teacher.meta["labels"]) != len(task.labels):
+            raise InputError(f"teacher has {len(teacher.meta['labels'])} labels, the data has {len(task.labels)}")
     return Setup(model, task, train_ds, eval_ds, teacher, cols)
 
 
@@ -143,15 +143,15 @@ def run_training(
     levels = default_levels(sp.max_sparsity)
     if sp.min_sparsity > 0:
         levels = [x for x in levels if x >= sp.min_sparsity] or [sp.min_sparsity]
-    loader = make_loader(s.eval_ds, model.tokenizer, t.per_device_eval_batch_size) if s.eval_ds else None
-    rows = evaluate_levels(model, s.task, loader, levels, LATENCY_BATCH, LATENCY_SEQ_LEN)
+    rows = evaluate_levels(model, s.task, s.eval_ds, levels, LATENCY_BATCH, LATENCY_SEQ_LEN,
+                           batch_size=t.per_device_eval_batch_size)  # fmt: skip
     info = level_info(model, m.model_name_or_path or "", trainer.device, LATENCY_BATCH, LATENCY_SEQ_LEN)
     model.meta.update(
         sparsity_range=[sp.min_sparsity, sp.max_sparsity], levels=rows, level_info=info,
         training={**summary, "args": {**asdict(m), **asdict(d), **asdict(sp), **asdict(t)}},
     )  # fmt: skip
     model.save(str(out))
-    write_levels(rows, out, s.task.main_metric if loader else None, info)
+    write_levels(rows, out, s.task.main_metric if s.eval_ds is not None else None, info)
     log.info("checkpoint written to %s", out)
     return out
 

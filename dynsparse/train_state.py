@@ -1,22 +1,30 @@
 """Training states (`OUTPUT_DIR/checkpoint-STEP/`), as in transformers' Trainer: a full loadable checkpoint
-plus optimizer, scheduler, RNG and trainer state. Written to a temporary folder, then renamed."""
+plus optimizer, scheduler, RNG and trainer state.
+
+A process killed at any moment never leaves a half-written or half-deleted `checkpoint-STEP` behind: a state is
+written to a temporary folder and renamed into place, and a state is renamed out of place before it is deleted.
+Temporary folders start with `.tmp-`, which `latest` never matches; the next save sweeps them away."""
 
 import json
 import os
+import pickle
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dynsparse.checkpoint import WEIGHTS, save_checkpoint
-from dynsparse.errors import InputError
+from dynsparse.checkpoint import META, WEIGHTS, read_meta, save_checkpoint, sha256_file
+from dynsparse.errors import CheckpointError, InputError
 from dynsparse.modeling import ElasticModel
 
 _STATE_DIR = re.compile(r"^checkpoint-(\d+)$")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -37,7 +45,8 @@ def save_state(
     """
     final = out_dir / f"checkpoint-{state.step}"
     tmp = out_dir / f".tmp-checkpoint-{state.step}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in [*out_dir.glob(".tmp-checkpoint-*"), *out_dir.glob(".tmp-delete-*")]:  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     save_checkpoint(model, tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -45,11 +54,21 @@ def save_state(
         torch.save(states, tmp / _rng_file(rank))
     save_file({k: v.detach().cpu().contiguous() for k, v in scores.items()}, str(tmp / "importance.safetensors"))
     (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)))
-    shutil.rmtree(final, ignore_errors=True)
+    _remove(final)  # the same step saved by an earlier run (resumed from an older state)
     os.replace(tmp, final)
     for old in list_states(out_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     return final
+
+
+def _remove(state_dir: Path) -> None:
+    """Delete a state folder; renamed out of the `checkpoint-STEP` names first, so no kill leaves half of it."""
+    if not state_dir.exists():
+        return
+    doomed = state_dir.with_name(f".tmp-delete-{state_dir.name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(state_dir, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -90,18 +109,49 @@ def load_state(
 ) -> tuple[TrainerState, dict[str, torch.Tensor]]:
     """Restore weights, optimizer, scheduler and RNG in place; returns the trainer state and importance sums.
 
-    `rank` picks the process's own RNG file; a rank the state has none for (a run resumed on more processes
-    than it was saved from) takes rank 0's.
+    Every file is read and checked before anything changes; a missing, corrupt or foreign file raises a
+    `CheckpointError` naming it. `rank` picks the process's own RNG file; a rank the state has none for (a run
+    resumed on more processes than it was saved from) takes rank 0's.
     """
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(path / WEIGHTS), device=str(device)))
-    model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    weights = _read(path / WEIGHTS, lambda f: _verified_weights(f, str(device)))
+    optim = _read(path / "optimizer.pt", lambda f: torch.load(f, map_location=device, weights_only=True))
+    sched = _read(path / "scheduler.pt", lambda f: torch.load(f, weights_only=True))
     rng_path = path / _rng_file(rank)
-    rng = torch.load(rng_path if rng_path.is_file() else path / _rng_file(0), weights_only=True)
+    rng = _read(rng_path if rng_path.is_file() else path / _rng_file(0), lambda f: torch.load(f, weights_only=True))
+    state = _read(path / "trainer_state.json", _trainer_state)
+    scores = _read(path / "importance.safetensors", lambda f: load_file(str(f), device=str(device)))
+    _read(path / WEIGHTS, lambda f: model.load_state_dict(weights))  # a state of another model: shapes differ
+    model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())
+    _read(path / "optimizer.pt", lambda f: optimizer.load_state_dict(optim))
+    scheduler.load_state_dict(sched)
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
-    return state, load_file(str(path / "importance.safetensors"), device=str(device))
+    return state, scores
+
+
+def _read(file: Path, read: Callable[[Path], _T]) -> _T:
+    """`read(file)`; any failure (missing, truncated, foreign, a pickle holding more than tensors) as one
+    `CheckpointError` naming the file."""
+    try:
+        return read(file)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, EOFError, pickle.UnpicklingError,
+            SafetensorError) as e:  # fmt: skip
+        raise CheckpointError(f"{file}: unreadable training state ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _verified_weights(file: Path, device: str) -> dict[str, torch.Tensor]:
+    meta = read_meta(file.parent / META)
+    if sha256_file(file) != meta["files"][WEIGHTS]["sha256"]:
+        raise ValueError(f"checksum does not match {META} (corrupt or replaced file)")
+    return load_file(str(file), device=device)
+
+
+def _trainer_state(file: Path) -> TrainerState:
+    raw = json.loads(file.read_text())
+    state = TrainerState(**raw) if isinstance(raw, dict) else None
+    if state is None or not all(isinstance(v, int) and v >= 0 for v in (state.step, state.importance_steps)) or \
+            not isinstance(state.rewired, bool):  # fmt: skip
+        raise ValueError(f"expected {{'step': int, 'rewired': bool, 'importance_steps': int}}, got {raw!r:.200}")
+    return state

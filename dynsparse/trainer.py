@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 
 from dynsparse.config import SparsityArguments, TrainArguments
 from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
-from dynsparse.evaluate import make_loader, predict_levels
+from dynsparse.evaluate import predict_levels
 from dynsparse.importance import TaylorScorer, magnitude_scores
 from dynsparse.modeling import ElasticModel
 from dynsparse.rewire import rewire
 from dynsparse.schedule import batch_indices, sample_sizes, total_steps
-from dynsparse.tasks import Task, distill_loss
+from dynsparse.tasks import Task
 from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,7 @@ class Trainer:
         self.global_batch = args.per_device_train_batch_size * self.world.size
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
-        from transformers import DataCollatorWithPadding
-
-        self.collate = DataCollatorWithPadding(model.tokenizer)
+        self.collate = task.collator(model.tokenizer)
         self.total = total_steps(args.max_steps, args.num_train_epochs, len(train_ds), self.global_batch,
                                  args.gradient_accumulation_steps)  # fmt: skip
         self.optimizer = self._make_optimizer()
@@ -103,7 +101,7 @@ class Trainer:
         self.model.meta["ordering"] = {"estimator": self.sp.importance}
         start, t0, main = self.state.step, time.time(), self.world.is_main
         bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True, disable=not main)
-        with bar, (open(self.log_path, "a") if main else nullcontext()) as log_file:
+        with bar, open(self.log_path, "a") if main else nullcontext() as log_file:
             while self.state.step < self.total:
                 if self._importance_done():
                     self._rewire(*self.scorer.scores())
@@ -156,8 +154,13 @@ class Trainer:
         """One optimizer step over `gradient_accumulation_steps` micro-batches."""
         self.wrapped.train()
         dense_phase = self.sp.importance == "taylor" and not self.state.rewired
-        sizes = [self.sp.min_sparsity] if dense_phase else sample_sizes(
-            self.state.step, self.args.seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step)
+        sizes = (
+            [self.sp.min_sparsity]
+            if dense_phase
+            else sample_sizes(
+                self.state.step, self.args.seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step
+            )
+        )
         losses = dict.fromkeys(sizes, 0.0)
         accum = self.args.gradient_accumulation_steps
         for micro in range(accum):
@@ -197,7 +200,8 @@ class Trainer:
             with sync_gradients(self.wrapped, last and i == len(sizes)):
                 with self._autocast():
                     logits = self.wrapped(**batch.inputs, sparsity=s).logits
-                    sub = a * distill_loss(logits.float(), soft, t) + (1 - a) * self.task.loss(logits, batch.labels)
+                    distill = self.task.distill(logits, soft, batch.labels, t)
+                    sub = a * distill + (1 - a) * self.task.loss(logits, batch.labels)
                 self.scaler.scale(sub * scale).backward()
             losses[s] = sub.item()
         return losses
@@ -242,12 +246,12 @@ class Trainer:
         """Validation metric of the densest and the smallest size (the full table is computed at the end)."""
         if self.eval_ds is None:
             return {}
-        loader = make_loader(self.eval_ds, self.model.tokenizer, self.args.per_device_eval_batch_size)
         levels = [self.sp.min_sparsity, self.sp.max_sparsity]
-        logits, labels = predict_levels(self.model, loader, levels, progress=False)
+        preds = predict_levels(self.model, self.task, self.eval_ds, levels, self.args.per_device_eval_batch_size,
+                               progress=False)  # fmt: skip
         m = self.task.main_metric
-        return {f"eval_dense_{m}": self.task.metrics(logits[levels[0]], labels)[m],
-                f"eval_smallest_{m}": self.task.metrics(logits[levels[1]], labels)[m]}  # fmt: skip
+        return {f"eval_dense_{m}": self.task.metrics(preds[levels[0]], self.eval_ds)[m],
+                f"eval_smallest_{m}": self.task.metrics(preds[levels[1]], self.eval_ds)[m]}  # fmt: skip
 
     def _save(self) -> None:
         """Rank 0 writes the state; every rank's RNG goes with it, so each resumes its own generators."""

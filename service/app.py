@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
@@ -19,6 +20,7 @@ from starlette.types import Scope
 import dynsparse
 from dynsparse.errors import InputError
 from service import probes, routes
+from service.console import mount_console
 from service.errors import ClientGone, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestGuard
@@ -57,10 +59,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_error = None
     app.include_router(routes.router)
     app.include_router(probes.router)
+    mount_console(app)  # the operator console at / (static, outside the OpenAPI schema)
     paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, on_reject=_count_413(metrics, paths))
+    if settings.cors_origins:  # off by default: browsers get no CORS headers unless the operator names origins
+        app.add_middleware(
+            CORSMiddleware,  # outermost, so errors (413 included) carry the headers too
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Retry-After", "x-sparsity", "x-total-time", "x-queue-time", "x-inference-time"],
+        )
     _add_error_handlers(app, metrics)
+    if settings.api_key is None:
+        _document_no_auth(app)
     return app
+
+
+def _document_no_auth(app: FastAPI) -> None:
+    """Without an API key the schema must not ask for one: drop the bearer scheme from /openapi.json."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()  # cached by FastAPI in app.openapi_schema: edited once, in place
+        for operations in schema.get("paths", {}).values():
+            for op in operations.values():
+                op.pop("security", None)  # the 401 stays listed: "when the operator set one"
+        schema.get("components", {}).pop("securitySchemes", None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _count_413(metrics: Metrics, paths: set[str]) -> Callable[[Scope], None]:
@@ -95,6 +125,8 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400:  # FastAPI could not parse the body (not UTF-8, nested too deep): bad input
+            return reply(request, 422, "validation", _unparsable(exc))
         kind = _HTTP_TYPES.get(exc.status_code, "http")
         return reply(request, exc.status_code, kind, str(exc.detail), dict(exc.headers or {}))
 
@@ -106,6 +138,15 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s", request.url.path)
         return reply(request, 500, "backend", f"internal error ({type(exc).__name__})")
+
+
+def _unparsable(exc: Exception) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return "the body is not valid JSON (not UTF-8 text)"
+    if isinstance(cause, RecursionError):
+        return "the body is not valid JSON (nested too deeply)"
+    return "the body is not valid JSON" + (f" ({type(cause).__name__})" if cause is not None else "")
 
 
 def _describe(errors: Any) -> str:

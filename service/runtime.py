@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from dynsparse.cost import level_costs
+from dynsparse.heads import head_params
 from service.batcher import Batcher
 from service.engine import Engine
 from service.metrics import Metrics
@@ -106,7 +107,16 @@ def _profile(engine: Engine, policy: SizePolicy, settings: Settings) -> LatencyP
     return profile
 
 
-_METRICS = ("accuracy", "f1", "exact_match", "matthews_correlation", "pearson", "spearmanr")
+_METRICS = ("accuracy", "f1", "exact_match", "accuracy_at_1", "precision", "recall", "matthews_correlation", "pearson",
+            "spearmanr")  # fmt: skip
+
+
+def _metric(meta: dict[str, Any], stored: dict[float, dict[str, Any]]) -> str | None:
+    """The checkpoint's headline metric (older checkpoints: the first usual metric its level table has)."""
+    main = meta.get("main_metric")
+    if isinstance(main, str):
+        return main
+    return next((k for k in _METRICS if any(k in r for r in stored.values())), None)
 
 
 def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw: LatencyProfile) -> SizesResponse:
@@ -126,7 +136,7 @@ def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw:
         default=default,
         allowed=(policy.low, policy.high),
         grid=list(policy.grid) if policy.grid else None,
-        metric=next((k for k in _METRICS if any(k in r for r in stored.values())), None),
+        metric=_metric(engine.model.meta, stored),
         device=profile.device,
         latency_batch=batch,
         latency_seq_len=seq_len,
@@ -143,7 +153,8 @@ def _level(
     batch: int,
     seq_len: int,
 ) -> Level:
-    costs = level_costs(engine.model.shape, engine.structure(s), seq_len)
+    head = engine.model.head
+    costs = level_costs(engine.model.shape, engine.structure(s), seq_len, head_params(head), head.flops(seq_len))
     return Level(
         sparsity=s,
         names=sorted(k for k, v in policy.named.items() if v == s),

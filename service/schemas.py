@@ -11,6 +11,11 @@ def _text(value: Any) -> str:
         raise ValueError(f'an input is a text or a pair of texts ["a", "b"], got {type(value).__name__}')
     if not value.strip():
         raise ValueError("text must not be empty")
+    if not value.isascii():
+        try:  # JSON may carry a lone surrogate ("\ud800"), which no tokenizer takes: it would fail the batch
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text is not valid Unicode (it holds a lone surrogate)") from None
     return value
 
 
@@ -23,8 +28,10 @@ def _input(value: Any) -> str | tuple[str, str]:
     return _text(value)
 
 
+# for the schema only (`_text` checks): not empty, not all whitespace
+_Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
 # a text, or a text pair as ["a", "b"]
-Input = Annotated[str | tuple[str, str], PlainValidator(_input, json_schema_input_type=str | tuple[str, str])]
+Input = Annotated[str | tuple[str, str], PlainValidator(_input, json_schema_input_type=_Text | tuple[_Text, _Text])]
 Sparsity = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]  # strict: "0.5" or true are type errors
 
 

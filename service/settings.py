@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(20_000, ge=1, description="characters per text, checked before tokenizing")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="request body size (413 beyond it)")
     api_key: SecretStr | None = Field(None, description="if set, /v1/* needs `Authorization: Bearer <key>`")
+    cors_origins: list[str] | None = Field(
+        None, description='browser origins allowed to call the API (CORS), e.g. ["https://app.example"]; none: no CORS'
+    )
 
     # -- startup latency profile (a few points, interpolated; cached per checkpoint, device and dtype)
     profile_levels: int = Field(4, ge=2, le=32, description="sizes measured, evenly spread over the range")

@@ -40,11 +40,15 @@ def make_tokenizer(roberta_style: bool):  # noqa: ANN201
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", mask_token="[MASK]", **named)
 
 
-def make_tiny(family: str, out: Path, seed: int = 0, dropout: float | None = None) -> Path:
-    """A random transformers sequence classifier of `family` with a tokenizer, saved at `out`.
+def make_tiny(
+    family: str, out: Path, seed: int = 0, dropout: float | None = None, task: str = "text-classification",
+    num_labels: int = 2,
+) -> Path:  # fmt: skip
+    """A random transformers model of `family` for `task` (a pipeline task name) with a tokenizer, saved at `out`.
 
     `dropout` overrides the family's default dropout probabilities (0 makes training deterministic).
     """
+    import transformers
     from transformers import (
         BertConfig,
         BertForSequenceClassification,
@@ -59,7 +63,7 @@ def make_tiny(family: str, out: Path, seed: int = 0, dropout: float | None = Non
     )
 
     common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-              "max_position_embeddings": 128, "num_labels": 2, "vocab_size": 120}
+              "max_position_embeddings": 128, "num_labels": num_labels, "vocab_size": 120}
     table = {
         "bert": (BertConfig, BertForSequenceClassification, {}),
         "roberta": (RobertaConfig, RobertaForSequenceClassification, {"pad_token_id": 1}),
@@ -74,6 +78,10 @@ def make_tiny(family: str, out: Path, seed: int = 0, dropout: float | None = Non
             ("hidden_dropout_prob", "attention_probs_dropout_prob")  # fmt: skip
         extra = {**extra, **dict.fromkeys(names, dropout)}
     torch.manual_seed(seed)
+    if task != "text-classification":
+        from dynsparse.heads import AUTO_CLASS
+
+        model_cls = getattr(transformers, AUTO_CLASS[task]).from_config
     model_cls(cfg_cls(**common, **extra)).save_pretrained(out)
     make_tokenizer(family in ("roberta", "xlm-roberta")).save_pretrained(out)
     return out

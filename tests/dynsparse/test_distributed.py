@@ -71,7 +71,7 @@ def test_gradients_are_all_reduced_once_per_optimizer_step(tmp_path: Path) -> No
     args = TrainArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
                           gradient_accumulation_steps=2)  # fmt: skip
     natural = SparsityArguments(importance="natural")  # sandwich steps from the start: 4 sizes each
-    trainer = Trainer(s.model, SequenceClassification(2), s.train_ds, None, args, natural)
+    trainer = Trainer(s.model, SequenceClassification(["neg", "pos"]), s.train_ds, None, args, natural)
     calls: list[int] = []
 
     def count(state: object, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

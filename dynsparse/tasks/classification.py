@@ -1,0 +1,58 @@
+"""text-classification: one label per text or text pair (GLUE-style), accuracy and F1."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import Tensor
+
+from dynsparse.config import DataArguments
+from dynsparse.data import detect_columns, encode, label_names
+from dynsparse.errors import InputError
+from dynsparse.tasks.base import Columns, Task
+
+
+class SequenceClassification(Task):
+    name = "text-classification"
+    main_metric = "accuracy"
+
+    def __init__(self, labels: list[str]) -> None:
+        if len(labels) < 2:
+            raise InputError(f"classification needs at least 2 labels, the data has {len(labels)}")
+        super().__init__(labels)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def columns(cls, ds: Dataset, args: DataArguments) -> Columns:
+        return detect_columns(ds, args)
+
+    @classmethod
+    def label_names(cls, ds: Dataset, cols: Columns) -> list[str]:
+        assert cols.label is not None
+        return label_names(ds, cols.label)
+
+    def encode(self, ds: Dataset, tokenizer: Any, cols: Columns, max_len: int, what: str, train: bool) -> Dataset:
+        return encode(ds, tokenizer, cols, self.labels, max_len, what)
+
+    def loss(self, out: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(out.float(), labels)
+
+    def metrics(self, preds: list[Any], ds: Dataset) -> dict[str, float]:
+        return self.score(torch.stack(preds), torch.tensor(ds["labels"]))
+
+    def score(self, logits: Tensor, labels: Tensor) -> dict[str, float]:
+        """accuracy and F1 (binary: of label 1; multi-class: macro), as GLUE reports them."""
+        pred = logits.argmax(-1)
+        out = {"accuracy": float((pred == labels).float().mean())}
+        classes = [1] if self.num_labels == 2 else range(self.num_labels)
+        f1s = []
+        for c in classes:
+            tp = float(((pred == c) & (labels == c)).sum())
+            denom = float((pred == c).sum() + (labels == c).sum())
+            f1s.append(2 * tp / denom if denom else 0.0)
+        out["f1"] = sum(f1s) / len(f1s)
+        return out

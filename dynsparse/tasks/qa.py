@@ -1,0 +1,154 @@
+"""question-answering: extractive QA, SQuAD style. Long contexts are split into overlapping windows; a
+prediction is the best span over an example's windows, mapped back to the context's characters through
+the tokenizer's offsets, and scored by exact match and token F1 (the official SQuAD normalisation), as
+fractions of 1 like every metric in the level table."""
+
+import re
+import string
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import Tensor
+
+from dynsparse.config import DataArguments
+from dynsparse.data import LANGUAGE, Columns
+from dynsparse.errors import InputError
+from dynsparse.tasks.base import Task, map_or_fail, pick_column
+
+N_BEST, MAX_ANSWER_TOKENS = 20, 30
+
+
+class QuestionAnswering(Task):
+    name = "question-answering"
+    main_metric = "f1"
+
+    def __init__(self, labels: list[str] | None = None) -> None:
+        super().__init__(["start", "end"])
+
+    @classmethod
+    def columns(cls, ds: Dataset, args: DataArguments) -> Columns:
+        names = ds.column_names
+        return Columns(
+            text=pick_column(names, args.text_column, ("question",), "question", "--text_column"),
+            pair=pick_column(names, args.text_pair_column, ("context",), "context", "--text_pair_column"),
+            label=pick_column(names, args.label_column, ("answers",), "answers", "--label_column"),
+        )
+
+    def encode(self, ds: Dataset, tokenizer: Any, cols: Columns, max_len: int, what: str, train: bool) -> Dataset:
+        """Windows of `max_len` tokens over the context (stride: a quarter window), each with the answer's
+        token span (training; the first token when the answer lies outside the window), or with what the
+        metrics need (evaluation: offsets, the example's index, its context and gold answers)."""
+        if not tokenizer.is_fast:
+            raise InputError("question answering needs a fast tokenizer (character offsets)")
+        q_col, c_col, a_col = cols.text, cols.pair, cols.label
+        assert c_col is not None and a_col is not None
+        stride = max(1, min(128, max_len // 4))
+
+        def _encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+            questions = [str(q or "").lstrip() for q in batch[q_col]]
+            contexts = [str(c or "") for c in batch[c_col]]
+            answers = [_answers(a, what) for a in batch[a_col]]
+            enc = tokenizer(questions, contexts, truncation="only_second", max_length=max_len, stride=stride,
+                            return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
+            sample = enc.pop("overflow_to_sample_mapping")
+            offsets = enc.pop("offset_mapping")
+            out: dict[str, Any] = dict(enc.items())
+            if train:
+                out["labels"] = [_span(offsets[i], enc.sequence_ids(i), answers[j]) for i, j in enumerate(sample)]
+            else:
+                out["offset_mapping"] = [[o if s == 1 else None for o, s in zip(offsets[i], enc.sequence_ids(i),
+                                                                                strict=True)]
+                                         for i in range(len(sample))]  # fmt: skip
+                out["example_id"] = [batch["__index"][j] for j in sample]
+                out["context"] = [contexts[j] for j in sample]
+                out["answer_texts"] = [[t for t, _ in answers[j]] for j in sample]
+            if LANGUAGE in batch:
+                out[LANGUAGE] = [batch[LANGUAGE][j] for j in sample]
+            return out
+
+        ds = ds.add_column("__index", list(range(len(ds))))
+        return map_or_fail(ds, _encode, ds.column_names, what)
+
+    def loss(self, out: Tensor, labels: Tensor) -> Tensor:
+        start, end = out.float().unbind(-1)  # (B, T) each
+        return (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
+
+    def distill(self, student: Tensor, teacher: Tensor, labels: Tensor, temperature: float) -> Tensor:
+        parts = [super(QuestionAnswering, self).distill(student[..., k], teacher[..., k], labels, temperature)
+                 for k in (0, 1)]  # fmt: skip
+        return (parts[0] + parts[1]) / 2
+
+    def gather(self, out: Tensor, labels: Tensor | None) -> list[Any]:
+        return list(out.float().cpu().numpy())  # (T, 2) per window
+
+    def metrics(self, preds: list[Any], ds: Dataset) -> dict[str, float]:
+        windows: dict[int, list[int]] = {}
+        for i, ex in enumerate(ds["example_id"]):
+            windows.setdefault(ex, []).append(i)
+        offsets, contexts, golds = ds["offset_mapping"], ds["context"], ds["answer_texts"]
+        em = f1 = 0.0
+        for rows in windows.values():
+            text = best_answer([preds[i] for i in rows], [offsets[i] for i in rows], contexts[rows[0]])
+            gold = golds[rows[0]] or [""]
+            em += max(float(normalize(text) == normalize(g)) for g in gold)
+            f1 += max(token_f1(text, g) for g in gold)
+        n = max(len(windows), 1)
+        return {"exact_match": em / n, "f1": f1 / n}
+
+
+def _answers(value: Any, what: str) -> list[tuple[str, int]]:
+    """(text, start character) pairs from SQuAD's {"text": [...], "answer_start": [...]}."""
+    if not isinstance(value, dict) or not isinstance(value.get("text"), list) \
+            or not isinstance(value.get("answer_start"), list):  # fmt: skip
+        raise InputError(f"{what}: answers must be {{'text': [...], 'answer_start': [...]}}, got {str(value)[:80]}")
+    return [(str(t), int(s)) for t, s in zip(value["text"], value["answer_start"], strict=False)]
+
+
+def _span(offsets: list[tuple[int, int]], seq_ids: list[int | None], answers: list[tuple[str, int]]) -> list[int]:
+    """Token (start, end) of the first answer inside this window; (0, 0), the first token, when outside."""
+    if not answers:
+        return [0, 0]
+    text, start_char = answers[0]
+    end_char = start_char + len(text)
+    ctx = [i for i, s in enumerate(seq_ids) if s == 1]
+    if not ctx or offsets[ctx[0]][0] > start_char or offsets[ctx[-1]][1] < end_char:
+        return [0, 0]
+    start = next(i for i in ctx if offsets[i][1] > start_char)
+    end = next(i for i in reversed(ctx) if offsets[i][0] < end_char)
+    return [start, max(start, end)]
+
+
+def best_answer(logits: list[Any], offsets: list[list[Any]], context: str) -> str:
+    """The highest-scoring valid span (start + end logit) over an example's windows, as context text."""
+    best, answer = -np.inf, ""
+    for lg, off in zip(logits, offsets, strict=True):
+        n = len(off)
+        start_l, end_l = lg[:n, 0], lg[:n, 1]
+        for s in np.argsort(start_l)[::-1][:N_BEST]:
+            for e in np.argsort(end_l)[::-1][:N_BEST]:
+                if off[s] is None or off[e] is None or e < s or e - s + 1 > MAX_ANSWER_TOKENS:
+                    continue
+                score = start_l[s] + end_l[e]
+                if score > best:
+                    best, answer = score, context[off[s][0] : off[e][1]]
+    return answer
+
+
+def normalize(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = normalize(prediction).split(), normalize(gold).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)

@@ -1,0 +1,39 @@
+"""The operator console: one static page at `/` with the level chart, a try-it box and live metrics.
+
+Plain HTML, CSS and JavaScript in `service/static/` (shipped as package data): no build step and nothing
+fetched from elsewhere. The page and its assets are open; the page's own calls to `/v1/*` carry the API
+key that the operator types into it.
+
+Example:
+    >>> app = create_app(Settings(checkpoint="runs/sst2"))   # mounts the console
+    >>> # then open http://127.0.0.1:8000/ in a browser
+"""
+
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Everything from this server, nothing else: the page must work on machines without internet.
+_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.api_route("/", methods=["GET", "HEAD"])
+async def index() -> FileResponse:
+    """The console page."""
+    headers = {"Content-Security-Policy": _CSP, "Cache-Control": "no-cache"}
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=headers)
+
+
+def mount_console(app: FastAPI) -> None:
+    """Serve the page at `/` and its assets under `/console/` (both outside the OpenAPI schema)."""
+    app.include_router(router)
+    app.mount("/console", StaticFiles(directory=STATIC_DIR), name="console")

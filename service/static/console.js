@@ -1,0 +1,320 @@
+// The operator console: wires the level chart, the try-it box, the live metrics and the API key together.
+
+import { drawChart } from "./chart.js";
+import { el, fmtCount, fmtMs, show } from "./dom.js";
+import { pollMetrics, startLive } from "./live.js";
+
+const REFRESH_MS = 3000;
+const KEY = "dynsparse.apiKey";
+const $ = (id) => document.getElementById(id);
+
+const state = { sizes: null, chart: null, task: "classify", mode: "sparsity" };
+
+class ApiError extends Error {
+  constructor(status, type, message, retryAfter = null) {
+    super(message);
+    Object.assign(this, { status, type, retryAfter });
+  }
+}
+
+// ---- the API: every /v1 call carries the key; every error is {"error", "error_type"}
+
+async function api(path, body) {
+  const headers = {};
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let res;
+  try {
+    res = await fetch(path, { method: body === undefined ? "GET" : "POST", headers, body: body && JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, "network", "could not reach the server: is it still running?");
+  }
+  const text = await res.text();
+  let data = null;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    /* not JSON: reported below */
+  }
+  if (!res.ok) {
+    const message = typeof data?.error === "string" ? data.error : text.slice(0, 300) || res.statusText;
+    const err = new ApiError(res.status, data?.error_type ?? "http", message, res.headers.get("Retry-After"));
+    if (res.status === 401) askForKey(err);
+    throw err;
+  }
+  if (data === null) throw new ApiError(res.status, "bad_response", "the server's answer is not JSON");
+  return data;
+}
+
+/** A headline and the server's own message for an error response. */
+function explain(err) {
+  const hasKey = Boolean(sessionStorage.getItem(KEY));
+  const heads = {
+    0: "Server unreachable.",
+    401: hasKey ? "API key refused." : "This server needs an API key: enter it above.",
+    413: "Request too large.",
+    422: "The server rejected the request.",
+    429: `The server is busy (queue full)${err.retryAfter ? `; retry in ${err.retryAfter} s` : ""}.`,
+    503: "The model is not ready (loading or shutting down); retry shortly.",
+    504: "The request outlived its deadline.",
+  };
+  const head = heads[err.status] ?? (err.status >= 500 ? "Server error." : "Request failed.");
+  const code = err.status ? `${err.status} ${err.type}` : err.type;
+  return [el("strong", {}, head), " ", el("span", { class: "detail" }, err.message), " ", el("code", {}, code)];
+}
+
+function showError(node, err) {
+  node.replaceChildren(...explain(err));
+  show(node);
+}
+
+// ---- API key
+
+function askForKey(err) {
+  show($("keybar"));
+  showError($("key-message"), err);
+  if (!sessionStorage.getItem(KEY)) $("api-key").focus();
+}
+
+function setupKey() {
+  const stored = sessionStorage.getItem(KEY);
+  if (stored) {
+    $("api-key").value = stored;
+    show($("keybar"));
+  }
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("api-key").value.trim();
+    if (key) sessionStorage.setItem(KEY, key);
+    else sessionStorage.removeItem(KEY);
+    show($("key-message"), false);
+    show($("try-error"), false);
+    loadSizes();
+  });
+  $("key-forget").addEventListener("click", () => {
+    sessionStorage.removeItem(KEY);
+    $("api-key").value = "";
+    $("api-key").focus();
+  });
+}
+
+// ---- the level table
+
+async function loadSizes() {
+  const placeholder = $("chart-placeholder");
+  try {
+    state.sizes = await api("v1/sizes");
+  } catch (err) {
+    placeholder.replaceChildren(...explain(err));
+    show(placeholder);
+    return;
+  }
+  show(placeholder, false);
+  const s = state.sizes;
+  state.chart = drawChart($("chart"), $("tooltip"), s);
+  renderFacts(s);
+  renderLegend(s);
+  setupPickers(s);
+}
+
+function renderFacts(s) {
+  const [lo, hi] = s.allowed;
+  const d = s.default;
+  const dflt = d.latency_budget_ms != null ? `${d.latency_budget_ms} ms budget` : `${nameOf(d)} ${d.sparsity.toFixed(2)}`;
+  const facts = [["device", s.device], ["levels", `${s.levels.length} · ${lo.toFixed(2)}–${hi.toFixed(2)}`], ["default", dflt]];
+  if (s.grid) facts.push(["grid", `${s.grid.length} levels`]);
+  $("facts").replaceChildren(...facts.map(([k, v]) => el("span", { class: "fact" }, el("span", { class: "k" }, k), v)));
+  $("chart-sub").replaceChildren(
+    `${s.metric ? `${s.metric} from the checkpoint · ` : ""}latency profiled on this server at start · hover a level for params and FLOPs`,
+  );
+}
+
+/** The name of the default size: its own, or a named size at the same sparsity. */
+function nameOf(d) {
+  const same = Object.entries(state.sizes.sizes).find(([, v]) => Math.abs(v - d.sparsity) < 1e-9);
+  return d.size ?? same?.[0] ?? "sparsity";
+}
+
+function renderLegend(s) {
+  const items = [];
+  if (s.metric) items.push(el("span", { class: "key metric" }, s.metric));
+  items.push(el("span", { class: "key latency" }, "latency"));
+  $("legend").replaceChildren(...items);
+}
+
+/** The level whose sparsity is closest to `x`. */
+function nearestLevel(x) {
+  return state.sizes.levels.reduce((a, b) => (Math.abs(b.sparsity - x) < Math.abs(a.sparsity - x) ? b : a));
+}
+
+function levelNote(l) {
+  const m = state.sizes.metric;
+  const metric = m && typeof l[m] === "number" ? ` · ${m} ${l[m] <= 1 ? `${(l[m] * 100).toFixed(1)}%` : l[m]}` : "";
+  return `level ${l.sparsity.toFixed(2)}: ${fmtCount(l.params)} params · ${fmtCount(l.flops)} FLOPs · ${fmtMs(l.latency_ms)}${metric}`;
+}
+
+// ---- the try-it box
+
+function setupPickers(s) {
+  const slider = $("sparsity");
+  const [lo, hi] = s.allowed;
+  Object.assign(slider, { min: lo, max: hi, step: 0.01 });
+  const start = s.default.sparsity ?? lo;
+  if (!slider.dataset.touched) slider.value = start;
+  updateSlider();
+  const select = $("size");
+  const names = Object.entries(s.sizes).sort((a, b) => a[1] - b[1]);
+  select.replaceChildren(...names.map(([n, v]) => el("option", { value: n }, `${n} (${v.toFixed(2)})`)));
+  updateSize();
+  const d = s.default;
+  $("default-note").textContent =
+    d.latency_budget_ms != null
+      ? `the operator's default: a latency budget of ${d.latency_budget_ms} ms`
+      : `the operator's default: ${nameOf(d)}, sparsity ${d.sparsity.toFixed(2)}`;
+  const fastest = Math.min(...s.levels.map((l) => l.latency_ms));
+  if (!$("budget").dataset.touched) $("budget").value = Math.max(0.5, Math.ceil(fastest * 1.5 * 2) / 2);
+}
+
+function updateSlider() {
+  const v = parseFloat($("sparsity").value);
+  $("sparsity-value").textContent = v.toFixed(2);
+  if (!state.sizes) return;
+  $("sparsity-note").textContent = `≈ ${levelNote(nearestLevel(v))}`;
+  if (state.mode === "sparsity") state.chart?.mark("selected", v);
+}
+
+function updateSize() {
+  const name = $("size").value;
+  const s = state.sizes?.sizes[name];
+  if (s === undefined) return;
+  $("size-note").textContent = levelNote(nearestLevel(s));
+  if (state.mode === "size") state.chart?.mark("selected", s);
+}
+
+function setMode(mode) {
+  state.mode = mode;
+  for (const b of $("mode").querySelectorAll("button")) b.classList.toggle("on", b.dataset.mode === mode);
+  for (const p of document.querySelectorAll(".picker")) show(p, p.dataset.for === mode);
+  state.chart?.mark("selected", null);
+  if (mode === "sparsity") updateSlider();
+  if (mode === "size") updateSize();
+}
+
+function setTask(task) {
+  state.task = task;
+  for (const b of $("task").querySelectorAll("button")) b.classList.toggle("on", b.dataset.task === task);
+}
+
+/** Which of classify and embed this server offers (from its OpenAPI schema, which needs no key). */
+async function detectTasks() {
+  try {
+    const spec = await (await fetch("openapi.json")).json();
+    const offered = ["classify", "embed"].filter((t) => `/v1/${t}` in spec.paths);
+    for (const b of $("task").querySelectorAll("button")) b.disabled = !offered.includes(b.dataset.task);
+    if (offered.length && !offered.includes(state.task)) setTask(offered[0]);
+  } catch {
+    /* keep both: the answer will say if one is missing */
+  }
+}
+
+function selector() {
+  if (state.mode === "sparsity") return { sparsity: parseFloat($("sparsity").value) };
+  if (state.mode === "size") return { size: $("size").value };
+  if (state.mode === "budget") return { latency_budget_ms: parseFloat($("budget").value) };
+  return {};
+}
+
+async function submit(e) {
+  e.preventDefault();
+  const button = $("submit");
+  button.disabled = true;
+  button.textContent = "Sending…";
+  show($("try-error"), false);
+  const t0 = performance.now();
+  try {
+    const data = await api(`v1/${state.task}`, { inputs: [$("text").value], ...selector() });
+    renderAnswer(data, performance.now() - t0);
+    state.chart?.mark("served", data.sparsity);
+  } catch (err) {
+    show($("answer"), false);
+    showError($("try-error"), err);
+  } finally {
+    button.disabled = false;
+    button.textContent = "Send";
+    pollMetrics();
+  }
+}
+
+/** 0.3 -> "0.30", 0.3333 -> "0.3333". */
+function fmtSparsity(s) {
+  return s.toFixed(Math.abs(s * 100 - Math.round(s * 100)) > 1e-6 ? 4 : 2);
+}
+
+function stat(id, label, text, value) {
+  return el("div", { class: "stat" }, el("dt", {}, label), el("dd", { id, "data-value": value }, text));
+}
+
+function renderAnswer(data, roundTripMs) {
+  const head = [];
+  if (state.task === "classify") {
+    const { label, score } = data.results[0];
+    const bar = el("span", { class: "fill" });
+    bar.style.width = `${(score * 100).toFixed(1)}%`;
+    head.push(
+      el("div", { class: "verdict" },
+        el("span", { class: "label", id: "ans-label", "data-value": label }, label),
+        el("span", { class: "score", id: "ans-score", "data-value": score }, `${(score * 100).toFixed(1)}%`),
+        el("span", { class: "score-k" }, "probability")),
+      el("div", { class: "bar" }, bar),
+    );
+  } else {
+    const v = data.embeddings[0];
+    const preview = `[${v.slice(0, 6).map((x) => x.toFixed(3)).join(", ")}, …]`;
+    head.push(
+      el("div", { class: "verdict" },
+        el("span", { class: "label", id: "ans-label", "data-value": "embedding" }, "embedding"),
+        el("span", { class: "score", id: "ans-score", "data-value": data.dimensions }, `${data.dimensions} dimensions`)),
+      el("code", { class: "vector" }, preview),
+    );
+  }
+  const notes = [];
+  if (data.size) notes.push(`named size “${data.size}”`);
+  if (data.budget_met === true) notes.push("latency budget met");
+  if (data.budget_met === false) notes.push("latency budget missed: served at the smallest size");
+  if (data.degraded) notes.push("served smaller than asked: the server was busy");
+  $("answer").replaceChildren(
+    ...head,
+    el("dl", { class: "served" },
+      stat("ans-sparsity", "served at sparsity", fmtSparsity(data.sparsity), data.sparsity),
+      stat("ans-ms", "time in server", fmtMs(data.latency_ms), data.latency_ms),
+      stat("ans-split", "queue + model", `${data.queue_ms.toFixed(2)} + ${data.inference_ms.toFixed(2)} ms`, data.inference_ms),
+      stat("ans-rtt", "round trip", fmtMs(roundTripMs), roundTripMs)),
+    ...notes.map((n) => el("p", { class: "note" }, n)),
+  );
+  show($("answer"));
+}
+
+// ---- start
+
+function main() {
+  $("refresh-s").textContent = String(REFRESH_MS / 1000);
+  setupKey();
+  for (const b of $("mode").querySelectorAll("button")) b.addEventListener("click", () => setMode(b.dataset.mode));
+  for (const b of $("task").querySelectorAll("button")) b.addEventListener("click", () => setTask(b.dataset.task));
+  $("sparsity").addEventListener("input", (e) => {
+    e.target.dataset.touched = "1";
+    updateSlider();
+  });
+  $("size").addEventListener("change", updateSize);
+  $("budget").addEventListener("input", (e) => (e.target.dataset.touched = "1"));
+  $("try-form").addEventListener("submit", submit);
+  $("text").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("try-form").requestSubmit();
+  });
+  detectTasks();
+  loadSizes();
+  startLive(REFRESH_MS);
+}
+
+main();
