@@ -110,6 +110,29 @@ def _read_config(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
 
 # -- evaluate / profile ------------------------------------------------------------------------------
 def _evaluate(args: argparse.Namespace) -> None:
+    """One checkpoint: its level table in --output_dir. Several (e.g. one per importance algorithm, or
+    once-for-all against one-shot): each table in a subfolder, and their metric curves on one plot."""
+    from dynsparse.evaluate import write_comparison
+
+    if len(args.checkpoint) == 1:
+        _evaluate_one(args.checkpoint[0], args, Path(args.output_dir))
+        return
+    names = _unique_names(args.checkpoint)
+    curves, metric = {}, None
+    for path, name in zip(args.checkpoint, names, strict=True):
+        rows, metric, label = _evaluate_one(path, args, Path(args.output_dir) / name)
+        curves[f"{name} ({label})"] = rows
+    write_comparison(curves, metric, Path(args.output_dir))
+
+
+def _unique_names(paths: list[str]) -> list[str]:
+    names = [Path(p).resolve().name for p in paths]
+    return names if len(set(names)) == len(names) else [f"{i}-{n}" for i, n in enumerate(names)]
+
+
+def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[dict[str, Any]], str, str]:
+    """Evaluate every level of one checkpoint into `out`; returns the rows, the main metric and how the
+    checkpoint's ordering was made (estimator and mode)."""
     import torch
 
     import dynsparse
@@ -120,7 +143,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from dynsparse.tasks import make_task
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = dynsparse.load(args.checkpoint, device=device)
+    model = dynsparse.load(path, device=device)
     raw = load_splits(args.validation_file, "validation data")
     if args.max_eval_samples:
         raw = raw.select(range(min(args.max_eval_samples, len(raw))))
@@ -135,10 +158,11 @@ def _evaluate(args: argparse.Namespace) -> None:
     levels = args.levels or [x for x in default_levels(hi) if x >= lo] or [lo]
     rows = evaluate_levels(model, task, ds, levels, args.latency_batch, args.latency_seq_len,
                            batch_size=args.batch_size)  # fmt: skip
-    info = level_info(model, model.meta.get("base_model", args.checkpoint), device, args.latency_batch,
-                      args.latency_seq_len)  # fmt: skip
-    write_levels(rows, Path(args.output_dir), task.main_metric, {**info, "checkpoint": args.checkpoint,
-                                                                 "data": args.validation_file})  # fmt: skip
+    info = level_info(model, model.meta.get("base_model", path), device, args.latency_batch, args.latency_seq_len)
+    write_levels(rows, out, task.main_metric, {**info, "checkpoint": path, "data": args.validation_file})
+    ordering = model.meta.get("ordering", {})
+    label = f"{ordering.get('estimator', 'natural')}, {ordering.get('mode', 'once-for-all')}"
+    return rows, task.main_metric, label
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -209,13 +233,45 @@ def _prepare_data(args: argparse.Namespace) -> None:
         print(f"{rows:>7}  {path}")
 
 
+def _prune_vocab(args: argparse.Namespace) -> None:
+    import dynsparse
+    from dynsparse.checkpoint import META
+    from dynsparse.data import LANGUAGE, load_splits
+    from dynsparse.vocab import prune_vocabulary, used_tokens
+
+    if (Path(args.output_dir) / META).exists():
+        raise InputError(f"{args.output_dir} already holds a checkpoint; choose a new --output_dir")
+    model = dynsparse.load(args.checkpoint)
+    raw = load_splits(args.data, "corpus")
+    cols = [c for c in model.meta.get("columns", {}).values() if c in raw.column_names and c != LANGUAGE]
+    cols = [c for c in cols if c != model.meta.get("columns", {}).get("label")] or _text_columns(raw)
+    if not cols:
+        raise InputError(f"corpus {args.data}: no text columns found; columns are {raw.column_names}")
+    before = model.costs(0.0, 128)
+    counts = prune_vocabulary(model, used_tokens(model.tokenizer, (t for c in cols for t in raw[c] if t)))
+    after = model.costs(0.0, 128)
+    model.save(args.output_dir)
+    print(f"kept {counts['kept']:,} of {counts['original']:,} tokens (columns {', '.join(cols)}); parameters "
+          f"{int(before['params']):,} -> {int(after['params']):,}, embeddings {int(before['params_embeddings']):,} -> "
+          f"{int(after['params_embeddings']):,}; written to {args.output_dir}")  # fmt: skip
+
+
+def _text_columns(ds: Any) -> list[str]:
+    """Columns of strings or of word lists."""
+    from dynsparse.data import LANGUAGE
+
+    first = ds[0]
+    return [c for c, v in first.items() if c != LANGUAGE and (isinstance(v, str) or (
+        isinstance(v, list) and v and all(isinstance(w, str) for w in v)))]  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dynsparse", description="Train once, run and serve any sparsity from one checkpoint.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("train", help="once-for-all training (same flags as train.py; see `train.py --help`)")
 
     ev = sub.add_parser("evaluate", help="every level of a checkpoint: levels.json, levels.png, a table")
-    ev.add_argument("checkpoint")
+    ev.add_argument("checkpoint", nargs="+", help="several: each in a subfolder, compared on compare.png")
     ev.add_argument("--validation_file", required=True, nargs="+",
                     help="one file, or one per language (the file name's stem becomes the language)")  # fmt: skip
     ev.add_argument("--output_dir", required=True)
@@ -285,6 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("name", choices=list(CORPORA))
     pd.add_argument("--output_dir", help="default: ~/.cache/dynsparse/NAME")
     pd.set_defaults(run=_prepare_data)
+
+    pv = sub.add_parser("prune-vocab", help="keep only the tokens a corpus uses: a much smaller embedding matrix",
+                        description="Tokenise the corpus, keep the tokens it uses (and the special ones) and write a "
+                        "checkpoint whose word embeddings hold only those; other tokens read as unknown.")  # fmt: skip
+    pv.add_argument("checkpoint")
+    pv.add_argument("--data", required=True, nargs="+", help="csv/json/jsonl files of the texts to serve")
+    pv.add_argument("--output_dir", required=True)
+    pv.set_defaults(run=_prune_vocab)
     return p
 
 

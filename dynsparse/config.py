@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Allocation = Literal["uniform", "global"]
-ImportanceMethod = Literal["taylor", "magnitude", "natural"]
+ImportanceMethod = Literal["taylor", "learned", "magnitude", "natural"]
+Mode = Literal["once-for-all", "one-shot"]
 TASKS = ("text-classification", "token-classification", "question-answering", "feature-extraction")
 
 
@@ -55,7 +56,12 @@ class SparsityArguments:
     sizes_per_step: int = field(default=4, metadata={"help": "sandwich rule: dense + smallest + random ones"})
     allocation: Allocation = field(default="uniform", metadata={"help": "uniform per layer, or global by cost"})
     importance: ImportanceMethod = field(
-        default="taylor", metadata={"help": "taylor (accumulated |m*dL/dm|), magnitude, or natural order"}
+        default="taylor",
+        metadata={"help": "taylor (accumulated |m*dL/dm|), learned (L1-pulled gates), magnitude, or natural order"},
+    )
+    mode: Mode = field(
+        default="once-for-all",
+        metadata={"help": "one-shot: only order the units of a fine-tuned model (the baseline), no weight updates"},
     )
     importance_ratio: float = field(
         default=0.1, metadata={"help": "share of steps that train dense and estimate importance before rewiring"}

@@ -181,3 +181,32 @@ def write_levels(rows: list[dict[str, Any]], out_dir: Path, metric: str | None, 
         plot_languages(rows, metric, out_dir / "languages.png", f"{info.get('model', 'dynsparse')}: {metric}")
         print(format_languages(rows, metric), flush=True)
         log.info("wrote %s", out_dir / "languages.png")
+
+
+def write_comparison(curves: dict[str, list[dict[str, Any]]], metric: str | None, out_dir: Path) -> None:
+    """compare.json and compare.png: the metric of several checkpoints (orderings, modes) against sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = {name: [{k: r[k] for k in ("sparsity", metric or "", "params_encoder", "latency_ms") if k in r}
+                    for r in rows] for name, rows in curves.items()}  # fmt: skip
+    (out_dir / "compare.json").write_text(json.dumps({"metric": metric, "curves": table}, indent=2))
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for name, rows in curves.items():
+        if metric and metric in rows[0]:
+            ax.plot([r["sparsity"] for r in rows], [r[metric] for r in rows], "o-", label=name)
+    ax.set_xlabel("sparsity (fraction of prunable encoder parameters removed)")
+    ax.set_ylabel(metric or "")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "compare.png")
+    plt.close(fig)
+    width = max(len(n) for n in curves)
+    print(f"{metric} by sparsity:")
+    for name, rows in curves.items():
+        print(f"  {name:<{width}}  " + "  ".join(f"{r.get(metric or '', float('nan')):.4f}" for r in rows))
+    log.info("wrote %s and %s", out_dir / "compare.json", out_dir / "compare.png")

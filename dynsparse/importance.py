@@ -3,6 +3,9 @@
 - taylor: first-order Taylor estimate of the loss change when a unit is removed, |m * dL/dm| at m = 1,
   accumulated over steps (Michel et al. 2019; DynaBERT). Gates of ones scale each unit's output in a
   dense forward; their gradients are the estimate.
+- learned: a gate per unit, trained with the task loss plus an L1 pull towards 0 (as CoFi's and
+  Sheared-LLaMA's masks, without their hard-concrete sampling); a unit's score is its gate. The gates are
+  folded into the units' output weights before rewiring, so the dense function does not change.
 - magnitude: L2 norm of the unit's weights (no data needed).
 - natural: the checkpoint's own order (a descending ramp), i.e. no reordering.
 """
@@ -60,3 +63,66 @@ class TaylorScorer:
     def scores(self) -> tuple[Tensor, Tensor]:
         n = max(self.steps, 1)
         return self.head_scores / n, self.neuron_scores / n
+
+    def load(self, head: Tensor, neuron: Tensor, steps: int) -> None:
+        self.head_scores, self.neuron_scores, self.steps = head.to(self.device), neuron.to(self.device), steps
+
+    def fold(self, model: ElasticModel) -> None:
+        """Nothing to fold: Taylor's gates are ones."""
+
+
+@dataclass
+class LearnedScorer:
+    """Gates of the heads and neurons, trained with their own Adam on the task loss plus `l1` * mean |gate|."""
+
+    layers: int
+    heads: int
+    neurons: int
+    device: torch.device | str = "cpu"
+    lr: float = 0.01
+    l1: float = 0.05
+    head_scores: Tensor = field(init=False)  # the gates themselves (saved and resumed like Taylor's sums)
+    neuron_scores: Tensor = field(init=False)
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        self.load(torch.ones(self.layers, self.heads), torch.ones(self.layers, self.neurons), 0)
+
+    def load(self, head: Tensor, neuron: Tensor, steps: int) -> None:
+        self.head_scores = head.detach().clone().to(self.device).requires_grad_(True)
+        self.neuron_scores = neuron.detach().clone().to(self.device).requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.head_scores, self.neuron_scores], lr=self.lr)
+        self.steps = steps
+
+    def gates(self) -> tuple[Tensor, Tensor]:
+        """The gates, to pass as head_mask / neuron_mask to a dense forward (their gradients train them)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.head_scores, self.neuron_scores
+
+    def update(self, head_gate: Tensor, neuron_gate: Tensor) -> None:
+        if head_gate.grad is None or neuron_gate.grad is None:
+            raise RuntimeError("gates have no gradient: call update after loss.backward()")
+        for g in (head_gate, neuron_gate):
+            assert g.grad is not None
+            g.grad += self.l1 * torch.sign(g.detach()) / g.shape[-1]  # d/dg of l1 * mean over the layer's |g|
+        self.optimizer.step()
+        with torch.no_grad():
+            head_gate.clamp_(0.0, 2.0)
+            neuron_gate.clamp_(0.0, 2.0)
+        self.steps += 1
+
+    def scores(self) -> tuple[Tensor, Tensor]:
+        return self.head_scores.detach().abs(), self.neuron_scores.detach().abs()
+
+    @torch.no_grad()
+    def fold(self, model: ElasticModel) -> None:
+        """Scale each unit's output rows by its gate, so the model computes without gates what it computed
+        with them."""
+        hd = model.shape.head_dim
+        for layer, hg, ng in zip(model.layers, self.head_scores.detach(), self.neuron_scores.detach(), strict=True):
+            assert isinstance(layer, ElasticLayer)
+            layer.attn_out_weight_t.mul_(hg.repeat_interleave(hd).unsqueeze(1).to(layer.attn_out_weight_t))
+            layer.ffn_out_weight_t.mul_(ng.unsqueeze(1).to(layer.ffn_out_weight_t))
+
+
+Scorer = TaylorScorer | LearnedScorer

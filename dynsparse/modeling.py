@@ -6,7 +6,7 @@ transposed), which makes a size's weights contiguous views `w[:k]`: a size switc
 the matmuls really shrink.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -29,10 +29,17 @@ class EncoderOutput:
 
 
 class Embeddings(nn.Module):
-    def __init__(self, shape: EncoderShape, padded_positions: bool, dropout: float) -> None:
+    """Word, position and token-type embeddings. After vocabulary pruning (`dynsparse.vocab`) the word matrix
+    holds only the kept tokens and `vocab_map` sends each tokenizer id to its row (dropped ones to unk's)."""
+
+    vocab_map: Tensor | None
+
+    def __init__(self, shape: EncoderShape, padded_positions: bool, dropout: float, kept_vocab: int | None = None):
         super().__init__()
         e = shape.embedding_size
-        self.word = nn.Embedding(shape.vocab_size, e)
+        self.word = nn.Embedding(kept_vocab or shape.vocab_size, e)
+        vocab_map = torch.zeros(shape.vocab_size, dtype=torch.long) if kept_vocab is not None else None
+        self.register_buffer("vocab_map", vocab_map)  # None (no entry in the state dict) until pruned
         self.position = nn.Embedding(shape.max_positions, e)
         self.token_type = nn.Embedding(shape.type_vocab, e) if shape.type_vocab else None
         self.norm = nn.LayerNorm(e, eps=shape.ln_eps)
@@ -47,7 +54,8 @@ class Embeddings(nn.Module):
             positions = torch.cumsum(not_pad, dim=1) * not_pad + self.pad_token_id
         else:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
-        x = self.word(input_ids) + self.position(positions)  # (B, T, E)
+        words = self.vocab_map[input_ids] if self.vocab_map is not None else input_ids
+        x = self.word(words) + self.position(positions)  # (B, T, E)
         if self.token_type is not None:
             types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
             x = x + self.token_type(types)
@@ -125,7 +133,8 @@ class ElasticModel(nn.Module):
         self.meta["task"] = self.task
         hidden_dropout = getattr(hf_config, "hidden_dropout_prob", getattr(hf_config, "dropout", 0.1))
         attn_dropout = getattr(hf_config, "attention_probs_dropout_prob", getattr(hf_config, "attention_dropout", 0.1))
-        self.embeddings = Embeddings(shape, family.padded_positions, hidden_dropout)
+        kept = self.meta.get("vocabulary", {}).get("kept")
+        self.embeddings = Embeddings(shape, family.padded_positions, hidden_dropout, kept)
         self.layers = nn.ModuleList(ElasticLayer(shape, hidden_dropout, attn_dropout) for _ in range(shape.layers))
         self.head = make_head(self.task, shape, family, hidden_dropout)
         # Importance scores, sorted descending per layer (units are stored in this order). The natural order
@@ -154,8 +163,8 @@ class ElasticModel(nn.Module):
 
     def costs(self, sparsity: float, seq_len: int) -> dict[str, float]:
         """Parameters (with and without embeddings) and FLOPs per sequence of `seq_len` tokens at `sparsity`."""
-        head = self.head
-        return level_costs(self.shape, self.structure(sparsity), seq_len, head_params(head), head.flops(seq_len))
+        head, shape = self.head, replace(self.shape, vocab_size=self.embeddings.word.num_embeddings)
+        return level_costs(shape, self.structure(sparsity), seq_len, head_params(head), head.flops(seq_len))
 
     def set_scores(self, head_scores: Tensor, neuron_scores: Tensor) -> None:
         """Record the (already sorted) importance that fixes the ordering; forgets cached structures."""

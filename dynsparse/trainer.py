@@ -1,7 +1,7 @@
 """Once-for-all training: every step trains several sizes of one set of weights.
 
-Phase 1 (importance, the first `importance_ratio` of steps, Taylor only): plain dense fine-tuning while
-the Taylor scorer accumulates |m * dL/dm| per head and neuron. Then the model is rewired (units
+Phase 1 (importance, the first `importance_ratio` of steps, Taylor or learned gates): plain dense fine-tuning
+while the scorer accumulates |m * dL/dm| per head and neuron (or trains the gates m). Then the model is rewired (units
 permuted into importance order, Adam moments with them), which fixes the nested ordering.
 Phase 2 (sandwich): each step runs the densest size on the labels and the smallest plus random sizes
 on a mix of labels and the dense forward's soft predictions (in-place distillation) or a fixed
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from dynsparse.config import SparsityArguments, TrainArguments
 from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
 from dynsparse.evaluate import predict_levels
-from dynsparse.importance import TaylorScorer, magnitude_scores
+from dynsparse.importance import LearnedScorer, Scorer, TaylorScorer, magnitude_scores
 from dynsparse.modeling import ElasticModel
 from dynsparse.rewire import rewire
 from dynsparse.schedule import batch_indices, sample_sizes, total_steps
@@ -73,10 +73,15 @@ class Trainer:
 
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(args.warmup_ratio * self.total),
                                                          self.total)  # fmt: skip
-        imp_steps = round(sparsity.importance_ratio * self.total) if sparsity.importance == "taylor" else 0
-        self.state = TrainerState(importance_steps=imp_steps)
+        self.one_shot = sparsity.mode == "one-shot"
+        self.gated = sparsity.importance in ("taylor", "learned")  # estimated from gates in dense forwards
+        if self.one_shot and not self.gated:
+            self.total = 0  # magnitude or natural order: nothing to run
+        imp_steps = self.total if self.one_shot else round(sparsity.importance_ratio * self.total)
+        self.state = TrainerState(importance_steps=imp_steps if self.gated else 0)
         s = model.shape
-        self.scorer = TaylorScorer(s.layers, s.heads, s.intermediate, self.device)
+        scorer = LearnedScorer if sparsity.importance == "learned" else TaylorScorer
+        self.scorer: Scorer = scorer(s.layers, s.heads, s.intermediate, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
         if self.device.type != "cuda":
             self.amp_dtype = None  # autocast is a GPU feature here; CPU trains in fp32
@@ -98,7 +103,7 @@ class Trainer:
             self._resume(resolve_resume(self.args.resume_from_checkpoint, self.out_dir))
         elif self.sp.importance == "magnitude" and not self.state.rewired:
             self._rewire(*magnitude_scores(self.model))
-        self.model.meta["ordering"] = {"estimator": self.sp.importance}
+        self.model.meta["ordering"] = {"estimator": self.sp.importance, "mode": self.sp.mode}
         start, t0, main = self.state.step, time.time(), self.world.is_main
         bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True, disable=not main)
         with bar, open(self.log_path, "a") if main else nullcontext() as log_file:
@@ -113,7 +118,7 @@ class Trainer:
                     self._report(record, log_file)
                 if self._due(self.args.save_steps):
                     self._save()
-        if not self.state.rewired and self.sp.importance == "taylor":  # fewer steps than the importance phase
+        if not self.state.rewired and self.gated:  # fewer steps than the importance phase (or one-shot)
             self._rewire(*self.scorer.scores())
         elapsed = time.time() - t0
         return {"steps": self.total, "resumed_at": start, "seconds": round(elapsed, 1),
@@ -141,10 +146,11 @@ class Trainer:
         return every > 0 and self.state.step % every == 0
 
     def _importance_done(self) -> bool:
-        return self.sp.importance == "taylor" and not self.state.rewired and \
-            self.state.step >= self.state.importance_steps  # fmt: skip
+        return self.gated and not self.state.rewired and self.state.step >= self.state.importance_steps
 
     def _rewire(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> None:
+        if self.gated:
+            self.scorer.fold(self.model)  # learned gates become part of the weights (Taylor's are ones)
         rewire(self.model, head_scores, neuron_scores, self.optimizer)
         self.state.rewired = True
         log.info("step %d: ordering fixed (%s importance); units rewired", self.state.step, self.sp.importance)
@@ -153,7 +159,7 @@ class Trainer:
     def _step(self) -> dict[str, Any]:
         """One optimizer step over `gradient_accumulation_steps` micro-batches."""
         self.wrapped.train()
-        dense_phase = self.sp.importance == "taylor" and not self.state.rewired
+        dense_phase = self.gated and not self.state.rewired
         sizes = (
             [self.sp.min_sparsity]
             if dense_phase
@@ -168,6 +174,9 @@ class Trainer:
             for s, loss in self._micro_step(batch, sizes, dense_phase, last=micro == accum - 1).items():
                 losses[s] += loss / accum
         losses = self._average_losses(losses)
+        if self.one_shot:  # the weights stay as given: only the importance estimate moves
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"phase": "one-shot", "loss": sum(losses.values())}
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
         self.scaler.step(self.optimizer)
@@ -266,6 +275,5 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler, self.world.rank)
-        self.scorer.head_scores, self.scorer.neuron_scores = scores["head"], scores["neuron"]
-        self.scorer.steps = int(scores["steps"][0])
+        self.scorer.load(scores["head"], scores["neuron"], int(scores["steps"][0]))
         log.info("resumed from %s at step %d", path, self.state.step)

@@ -2,80 +2,23 @@
 training through the real recipe, every level's metrics, checkpoints, per-language results and bad data."""
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, make_tiny
+from conftest import FAMILIES, TAGS, make_tiny, ner_rows, qa_rows, write_jsonl
 
 import dynsparse
-from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
+from dynsparse.config import DataArguments
 from dynsparse.data import load_split
-from dynsparse.recipe import run_training
 from dynsparse.tasks import make_task
 from dynsparse.tasks.qa import best_answer, normalize, token_f1
+from dynsparse.tasks.tokens import first_subwords, group_entities, is_bio
 
-TAGS = ["B-EVEN", "I-EVEN", "O"]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def ner_rows(n: int, seed: int, language: str | None = None) -> list[dict[str, object]]:
-    """Runs of even-numbered words are entities (B- then I-); odd words are O."""
-    rng, rows = random.Random(seed), []
-    for _ in range(n):
-        ids = [rng.randrange(100) for _ in range(rng.randrange(4, 13))]
-        tags, inside = [], False
-        for i in ids:
-            tags.append(("I-EVEN" if inside else "B-EVEN") if i % 2 == 0 else "O")
-            inside = i % 2 == 0
-        row: dict[str, object] = {"tokens": [f"w{i}" for i in ids], "ner_tags": tags}
-        rows.append({**row, "language": language} if language else row)
-    return rows
-
-
-def qa_rows(n: int, seed: int) -> list[dict[str, object]]:
-    """Contexts of 8-29 distinct words; the answer is the one word from w90..w99 (SQuAD format)."""
-    rng, rows = random.Random(seed), []
-    for _ in range(n):
-        ids = rng.sample(range(90), rng.randrange(8, 30))
-        k = rng.randrange(1, len(ids))
-        ids[k] = rng.randrange(90, 100)
-        words = [f"w{i}" for i in ids]
-        start = len(" ".join(words[:k])) + 1
-        rows.append({"question": "w1 w2", "context": " ".join(words),
-                     "answers": {"text": [words[k]], "answer_start": [start]}})  # fmt: skip
-    return rows
-
-
-def pair_rows(n: int, seed: int) -> list[dict[str, object]]:
-    """A 'translation': word i becomes word i + 50, in another order."""
-    rng, rows = random.Random(seed), []
-    for _ in range(n):
-        ids = [rng.randrange(50) for _ in range(rng.randrange(3, 9))]
-        other = [i + 50 for i in ids]
-        rng.shuffle(other)
-        rows.append({"sentence1": " ".join(f"w{i}" for i in ids), "sentence2": " ".join(f"w{i}" for i in other)})
-    return rows
-
-
-def train(tmp: Path, task: str, rows: tuple[list[dict[str, object]], list[dict[str, object]]], max_len: int = 128,
-          steps: int = 150) -> Path:  # fmt: skip
-    model = make_tiny("bert", tmp / "model", task=task, num_labels=len(TAGS), dropout=0.0)
-    tr, va = write_jsonl(tmp / "train.jsonl", rows[0]), write_jsonl(tmp / "validation.jsonl", rows[1])
-    return run_training(
-        ModelArguments(str(model)),
-        DataArguments(train_file=str(tr), validation_file=str(va), task=task, max_seq_length=max_len),
-        SparsityArguments(),
-        TrainArguments(output_dir=str(tmp / "run"), max_steps=steps, per_device_train_batch_size=16,
-                       learning_rate=2e-3, seed=0),  # fmt: skip
-    )
+# The data generators and the session's trained checkpoints (ner_ckpt, qa_ckpt, embed_ckpt) are in
+# tests/conftest.py: the service tests serve the same checkpoints.
 
 
 def levels(run: Path) -> list[dict[str, object]]:
@@ -83,8 +26,8 @@ def levels(run: Path) -> list[dict[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def ner_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train(tmp_path_factory.mktemp("ner"), "token-classification", (ner_rows(400, 0), ner_rows(100, 1)))
+def ner_run(ner_ckpt: Path) -> Path:
+    return ner_ckpt
 
 
 # -- parity with transformers' task models ---------------------------------------------------------------
@@ -146,11 +89,21 @@ def test_seqeval_metrics_count_entities_not_tokens() -> None:
     assert pos.main_metric == "accuracy"
 
 
+def test_bio_tags_group_into_entities_as_transformers_pipeline_does() -> None:
+    """B- starts an entity, I- of the same type extends it, a stray I- starts one, E-/S- close one, O is none."""
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "B-LOC", "I-PER", "S-X", "E-X", "B-X", "E-X", "I-X"]
+    scores = [1.0, 0.5] + [1.0] * 10
+    assert group_entities(tags, scores) == [("PER", 0.75, 0, 1), ("LOC", 1.0, 3, 3), ("LOC", 1.0, 4, 4),
+                                            ("LOC", 1.0, 5, 5), ("PER", 1.0, 6, 6), ("X", 1.0, 7, 7),
+                                            ("X", 1.0, 8, 8), ("X", 1.0, 9, 10), ("X", 1.0, 11, 11)]  # fmt: skip
+    assert group_entities(["O", "O"], [1.0, 1.0]) == [] and is_bio(TAGS) and not is_bio(["NOUN", "O"])
+    assert first_subwords([None, 0, 0, 1, None, 3, None], 4) == [1, 3, None, 5]  # word 2 has no token
+
+
 # -- question answering ------------------------------------------------------------------------------------
-def test_question_answering_finds_spans_across_windows(tmp_path: Path) -> None:
+def test_question_answering_finds_spans_across_windows(qa_ckpt: Path) -> None:
     """max_seq_length 24 splits most contexts into overlapping windows; answers map back to the text."""
-    run = train(tmp_path, "question-answering", (qa_rows(400, 0), qa_rows(100, 1)), max_len=24)
-    rows = levels(run)
+    rows = levels(qa_ckpt)
     assert all({"exact_match", "f1"} <= set(r) for r in rows)
     assert rows[0]["exact_match"] > 0.9 and min(r["f1"] for r in rows) > 0.8
 
@@ -181,15 +134,15 @@ def test_squad_normalisation() -> None:
 
 
 # -- sentence embeddings ---------------------------------------------------------------------------------
-def test_embeddings_learn_to_match_translations(tmp_path: Path) -> None:
+def test_embeddings_learn_to_match_translations(embed_ckpt: Path, tmp_path: Path) -> None:
     task = make_task("feature-extraction", [])
     untrained = make_tiny("bert", tmp_path / "untrained", task="feature-extraction")
-    run = train(tmp_path, "feature-extraction", (pair_rows(400, 0), pair_rows(100, 1)))
+    run = embed_ckpt
     rows = levels(run)
     assert min(r["accuracy_at_1"] for r in rows) > 0.8
     # the same evaluation of the untrained encoder is near chance (1 in 100)
     model = dynsparse.from_pretrained(str(untrained), task="feature-extraction")
-    raw = load_split(str(tmp_path / "validation.jsonl"))
+    raw = load_split(str(run.parent / "validation.jsonl"))
     ds = task.encode(raw, model.tokenizer, task.columns(raw, DataArguments()), 64, "data", train=False)
     from dynsparse.evaluate import predict_levels
 
