@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from dynsparse.cost import embedding_params, head_cost, neuron_cost
 from dynsparse.errors import CheckpointError
-from dynsparse.family import EncoderShape, family_for, shape_from_config
+from dynsparse.family import family_for, shape_from_config
 from dynsparse.heads import TASKS
 from dynsparse.modeling import ElasticModel
 
@@ -32,6 +33,9 @@ FORMAT_VERSION = 1
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "dynsparse.json"
 REQUIRED = (WEIGHTS, CONFIG, META)
 _MAX_JSON_BYTES = 32 << 20  # dynsparse.json and config.json hold a few KB; anything this big is not ours
+_RAW_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "max_position_embeddings", "type_vocab_size", "embedding_size", "num_labels", "dim", "n_layers",
+              "n_heads", "hidden_dim")  # fmt: skip
 
 
 def sha256_file(path: Path) -> str:
@@ -76,6 +80,7 @@ def build_meta(model: ElasticModel, weights_sha256: str) -> dict[str, Any]:
             "stored": "prefix",
             "scores": ["head_scores", "neuron_scores"],
             "estimator": meta.get("ordering", {}).get("estimator", "natural"),
+            "mode": meta.get("ordering", {}).get("mode", "once-for-all"),
         },  # fmt: skip
         files={WEIGHTS: {"sha256": weights_sha256}},
     )
@@ -158,8 +163,12 @@ def read_json(path: Path) -> Any:
 def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
     from transformers import AutoConfig
 
-    if not isinstance(read_json(root / CONFIG), dict):  # transformers' own reader has no such bounds
-        raise CheckpointError(f"{root / CONFIG}: expected a JSON object")
+    stored = _stored_elements(root / WEIGHTS)
+    raw = read_json(root / CONFIG)  # bounded first: transformers' own reader is not
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{root / CONFIG}: expected a JSON object, got {type(raw).__name__}")
+    # before transformers sees them: it builds a label table of num_labels entries, whatever the number
+    _check_sizes(root / CONFIG, {k: raw[k] for k in _RAW_SIZES if raw.get(k) is not None}, stored)
     try:
         config = AutoConfig.from_pretrained(root)
     except Exception as e:  # transformers raises many kinds on a hostile file (OSError, ValueError, its own)
@@ -169,7 +178,13 @@ def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
         shape = shape_from_config(config)
     except (ValueError, TypeError, AttributeError, ZeroDivisionError) as e:
         raise CheckpointError(f"{root / CONFIG}: {str(e)[:300]}") from None
-    _check_sizes(root, shape)
+    dims = ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions", "embedding_size", "num_labels")
+    _check_sizes(root / CONFIG, {k: getattr(shape, k) for k in dims}, stored)
+    layer = shape.heads * head_cost(shape) + shape.intermediate * neuron_cost(shape)
+    rows = replace(shape, vocab_size=_kept_vocab(root / META, meta, shape.vocab_size))  # after vocabulary pruning
+    needed = embedding_params(rows) + shape.layers * layer  # the head is checked tensor by tensor later
+    if needed > stored:
+        raise CheckpointError(f"{root / CONFIG}: describes {needed:,} encoder weights but {WEIGHTS} holds {stored:,}")
     if family.name != meta["family"]:
         raise CheckpointError(f"{root / META}: family {meta['family']!r} does not match {CONFIG} ({family.name})")
     if meta.get("task") != "feature-extraction" and len(meta["labels"]) != shape.num_labels:
@@ -180,22 +195,37 @@ def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
     return ElasticModel(shape, family, config, meta["allocation"], meta=meta, task=task)
 
 
-def _check_sizes(root: Path, shape: EncoderShape) -> None:
-    """The config's sizes are positive integers and describe no more weights than the file holds: checked on
-    the file's header, before a model is built (a hostile config.json could ask for terabytes)."""
-    dims = ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions", "embedding_size", "num_labels")
-    bad = {k: v for k in dims if not isinstance(v := getattr(shape, k), int) or isinstance(v, bool) or v < 1}
-    if bad or not isinstance(shape.type_vocab, int) or shape.type_vocab < 0:
-        raise CheckpointError(f"{root / CONFIG}: sizes must be positive integers, got {bad or shape.type_vocab!r:.200}")
+def _kept_vocab(path: Path, meta: dict[str, Any], vocab_size: int) -> int:
+    """Rows of the word embeddings: the tokens kept by vocabulary pruning, else the whole vocabulary."""
+    vocab = meta.get("vocabulary")
+    if vocab is None:
+        return vocab_size
+    kept = vocab.get("kept") if isinstance(vocab, dict) else None
+    if not isinstance(kept, int) or isinstance(kept, bool) or not 1 <= kept <= vocab_size:
+        raise CheckpointError(f"{path}: vocabulary.kept must be an integer from 1 to {vocab_size}, got {kept!r:.50}")
+    return kept
+
+
+def _stored_elements(path: Path) -> int:
+    """Elements of every tensor in a safetensors file, from its header alone (nothing is loaded)."""
     try:
-        with safe_open(str(root / WEIGHTS), "pt") as f:
-            stored = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        with safe_open(str(path), "pt") as f:
+            return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{root / WEIGHTS}: not a readable safetensors file ({e})") from None
-    layer = shape.heads * head_cost(shape) + shape.intermediate * neuron_cost(shape)
-    needed = embedding_params(shape) + shape.layers * layer  # the head is checked tensor by tensor later
-    if needed > stored or shape.num_labels > stored:
-        raise CheckpointError(f"{root / CONFIG}: describes {needed:,} weights but {WEIGHTS} holds {stored:,}")
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _check_sizes(path: Path, sizes: dict[str, Any], stored: int) -> None:
+    """Each size a positive integer (token types may be 0) no larger than the number of elements the weights file
+    holds, so a hostile config.json cannot ask for terabytes before the shapes are compared."""
+    def fits(name: str, v: Any) -> bool:
+        least = 0 if name == "type_vocab_size" else 1
+        return isinstance(v, int) and not isinstance(v, bool) and least <= v <= stored
+
+    bad = {k: v for k, v in sizes.items() if not fits(k, v)}
+    if bad:
+        shown = {k: v if not isinstance(v, int) or v < 10**15 else "huge" for k, v in bad.items()}
+        raise CheckpointError(f"{path}: sizes must be positive integers up to {stored:,}, got {shown!r:.200}")
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -222,5 +252,5 @@ def _load_tokenizer(root: Path) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(root)
-    except (OSError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{root}: tokenizer files missing or unreadable ({e})") from None
+    except Exception as e:  # transformers raises many kinds on hostile files (RecursionError, AttributeError, ...)
+        raise CheckpointError(f"{root}: tokenizer files missing or unreadable ({str(e)[:300]})") from None

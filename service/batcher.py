@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
-from service.engine import Item, Task
+from service.codec import Item, Task
 from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
 from service.metrics import Metrics, size_label
 

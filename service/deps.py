@@ -1,12 +1,14 @@
-"""Typed dependencies: the runtime (503 until ready), the settings and the API key check."""
+"""Typed dependencies: the runtime (503 until ready), the settings, the API key check and the task check."""
 
 import hmac
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import NotReady, Unauthorized
+from service.codec import Task
+from service.errors import NotReady, Unauthorized, WrongTask
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -44,3 +46,14 @@ def require_api_key(
     expected = settings.api_key.get_secret_value().encode()
     if not hmac.compare_digest(credentials.credentials.encode(), expected):
         raise Unauthorized("wrong API key")
+
+
+def serving(task: Task) -> Callable[[Runtime], None]:
+    """A dependency that lets a request through only if the checkpoint serves `task` (else 404, naming the
+    endpoint that it serves). It runs before the body is validated: the endpoint does not exist here."""
+
+    def check(rt: RuntimeDep) -> None:
+        if task not in rt.engine.tasks:
+            raise WrongTask(f"this checkpoint is a {rt.engine.task} model: use /v1/{rt.engine.endpoint}")
+
+    return check

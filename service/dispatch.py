@@ -6,13 +6,14 @@ disconnecting (nothing more is done for it).
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
 from service.batcher import Job
-from service.engine import Item, Task
+from service.codec import Item, Task
 from service.errors import BadInput, ClientGone, DeadlineExceeded
 from service.metrics import size_label
 from service.runtime import Runtime
@@ -28,20 +29,20 @@ class Outcome:
     served: dict[str, Any]
 
 
-async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest) -> Outcome:
+async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest[Any]) -> Outcome:
     """Serve `body` on `task`; raises a `ServiceError` (422/429/503/504) or `ClientGone`."""
     arrived = getattr(request.state, "arrived", time.monotonic())  # stamped by the middleware, before the body
     _check_limits(rt, body.inputs)
     choice = rt.policy.select(body.sparsity, body.size, body.latency_budget_ms)
-    seq_len = rt.planner.estimate_tokens(max(_chars(x) for x in body.inputs))
-    sparsity, degraded = _size_for(rt, choice, len(body.inputs), seq_len)
+    rows, seq_len = _workload(rt, task, body.inputs)
+    sparsity, degraded = _size_for(rt, choice, rows, seq_len)
     job = Job(
         task,
         body.inputs,
         sparsity,
         rt.engine.structure(sparsity),
         deadline=arrived + rt.settings.request_timeout_s,
-        cost_ms=rt.planner.cost_ms(sparsity, len(body.inputs), seq_len),
+        cost_ms=rt.planner.cost_ms(sparsity, rows, seq_len),
         arrived=arrived,
     )
     rt.batcher.submit(job)
@@ -62,10 +63,20 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
 
 
 def _chars(item: Item) -> int:
-    return len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
+    """Characters of a text, or of all texts of a pair, a word list, a question and its context."""
+    return len(item) if isinstance(item, str) else sum(len(x) for x in item)
 
 
-def _check_limits(rt: Runtime, inputs: list[Item]) -> None:
+def _workload(rt: Runtime, task: Task, inputs: Sequence[Item]) -> tuple[int, int]:
+    """(model rows, tokens per row) predicted for a request, guessed from its characters (the planner's input)."""
+    if task != "answer":
+        return len(inputs), rt.planner.estimate_tokens(max(_chars(x) for x in inputs))
+    window = rt.engine.window  # a long context is read in windows: one row each
+    rows = sum(rt.planner.estimate_windows(_chars(x), window) for x in inputs)
+    return rows, min(window, rt.planner.estimate_tokens(max(_chars(x) for x in inputs)))
+
+
+def _check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
     """The operator's request limits, checked before any tokenizing (tokens are checked in the batch)."""
     s = rt.settings
     if len(inputs) > s.max_inputs:

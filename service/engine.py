@@ -9,11 +9,9 @@ the model's own `structure` while serving, since every forward gets its structur
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import dynsparse
@@ -21,22 +19,17 @@ from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticModel
 from dynsparse.profile import measure_latency
-from dynsparse.tasks import predict_proba
+from service.codec import ENDPOINT, Codec, Encoded, Item, LabelScore, Row, Task, make_codecs, served_tasks
 from service.planner import LatencyProfile, ProfilePoint
 from service.settings import Dtype, Settings
 
+__all__ = ["Engine", "Item", "LabelScore", "Task", "pick_device", "pick_dtype"]
+
 log = logging.getLogger(__name__)
 
-Item = str | tuple[str, str]  # a text, or a text pair
-Task = Literal["classify", "embed"]
-LabelScore = tuple[int, float]  # (label id, probability of that label): one classify output
 _MAX_STRUCTURES = 4096  # distinct sparsities remembered; clients may send any float
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    ids: list[int]
-    types: list[int] | None
+_WARM_UP: dict[Task, Item] = {"classify": ("warm", "up"), "embed": "warm up", "tokens": "warm up",
+                              "answer": ("warm?", "warm up")}  # fmt: skip
 
 
 def _default_threads() -> int:
@@ -77,7 +70,9 @@ class Engine:
         [[(1, 0.93), (0, 0.71)]]
     """
 
-    def __init__(self, model: ElasticModel, max_batch_size: int, max_tokens: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self, model: ElasticModel, max_batch_size: int, max_tokens: int, dtype: torch.dtype, max_rows: int = 64
+    ) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = dtype
@@ -86,11 +81,23 @@ class Engine:
                 p.data = p.data.to(dtype)
         self.max_batch_size = max_batch_size
         self.max_tokens = min(max_tokens, model.shape.max_positions - 2)  # RoBERTa positions start at pad + 1
+        self.max_rows = max_rows  # model rows per request: a long QA context takes one per window
         self.tokenizer: Any = model.tokenizer
         self.labels = [str(x) for x in model.meta.get("labels") or range(model.shape.num_labels)]
         lo, hi = model.meta.get("sparsity_range", [0.0, 0.9])
         self.trained_range = (float(lo), float(hi))
+        self.task: str = model.task  # what the checkpoint was trained for (a transformers pipeline name)
+        self.tasks = served_tasks(model.task)  # the endpoints it serves, its own first
+        trained_len = model.meta.get("training", {}).get("args", {}).get("max_seq_length")
+        # QA windows as long as in training (positions past it were never trained), at most the token limit
+        self.window = min(self.max_tokens, int(trained_len)) if isinstance(trained_len, int) else self.max_tokens
+        self._codecs = make_codecs(self.tasks, self.tokenizer, self.max_tokens, self.labels, self.window)
         self._structures: dict[float, Structure] = {}
+
+    @property
+    def endpoint(self) -> Task:
+        """The endpoint of the checkpoint's own task."""
+        return ENDPOINT[self.task]
 
     @classmethod
     def load(cls, settings: Settings) -> "Engine":
@@ -99,7 +106,7 @@ class Engine:
         dtype = pick_dtype(settings.dtype, device)
         torch.set_num_threads(settings.torch_threads or _default_threads())
         model = dynsparse.load(str(settings.checkpoint), device=str(device))
-        return cls(model, settings.max_batch_size, settings.max_tokens, dtype)
+        return cls(model, settings.max_batch_size, settings.max_tokens, dtype, max_rows=settings.max_inputs)
 
     @property
     def device_name(self) -> str:
@@ -125,85 +132,78 @@ class Engine:
     def run(self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]]) -> list[list[Any] | InputError]:
         """Run every request in `groups` at one size: one tokenizer call, padded chunks of the max batch.
 
-        Returns per group its outputs (classify: `LabelScore`s; embed: unit vectors), or the `InputError`
-        that rejects that group alone (a text over the token limit): one bad request never fails others.
+        Returns per group its outputs (see `codec`: classify `LabelScore`s, embed unit vectors, tokens lists of
+        `EntitySpan`s, answer `AnswerSpan`s), or the `InputError` that rejects that group alone (a text over the
+        token limit): one bad request never fails others.
         """
-        encoded = self._tokenize([item for group in groups for item in group])
+        codec = self._codecs[task]
+        encoded = codec.encode([item for group in groups for item in group])
         results: list[list[Any] | InputError] = []
-        accepted: list[_Encoded] = []
+        accepted: list[Encoded] = []
         start = 0
         for group in groups:
             mine = encoded[start : start + len(group)]
             start += len(group)
-            too_long = next((k for k, e in enumerate(mine) if len(e.ids) > self.max_tokens), None)
-            if too_long is not None:
-                results.append(InputError(f"inputs[{too_long}] is longer than {self.max_tokens} tokens"))
-            else:
-                results.append([])
-                accepted.extend(mine)
-        outputs = iter(self._forward(task, structure, accepted))
+            error = self._reject(mine)
+            results.append(error if error is not None else [])
+            if error is None:
+                accepted.extend(e for e in mine if isinstance(e, Encoded))
+        outputs = iter(self._forward(codec, structure, [row for e in accepted for row in e.rows]))
+        decoded = iter([codec.decode(e, [next(outputs) for _ in e.rows]) for e in accepted])
         for out, group in zip(results, groups, strict=True):
             if not isinstance(out, InputError):
-                out.extend(next(outputs) for _ in group)
+                out.extend(next(decoded) for _ in group)
         return results
 
-    def _tokenize(self, items: Sequence[Item]) -> list[_Encoded]:
-        """Singles and pairs in one tokenizer call each (a call takes all-singles or all-pairs)."""
-        out: list[_Encoded | None] = [None] * len(items)
-        singles = [i for i, x in enumerate(items) if isinstance(x, str)]
-        pairs = [i for i, x in enumerate(items) if not isinstance(x, str)]
-        # one token over the limit is enough to reject a text: never tokenize a huge one whole
-        limit: dict[str, Any] = {"truncation": True, "max_length": self.max_tokens + 1}
-        if singles:
-            enc = self.tokenizer([items[i] for i in singles], **limit)
-            for k, i in enumerate(singles):
-                out[i] = _Encoded(enc["input_ids"][k], None)
-        if pairs:
-            firsts, seconds = [items[i][0] for i in pairs], [items[i][1] for i in pairs]
-            enc = self.tokenizer(firsts, seconds, **limit)
-            types = enc.get("token_type_ids")
-            for k, i in enumerate(pairs):
-                out[i] = _Encoded(enc["input_ids"][k], types[k] if types is not None else None)
-        return [e for e in out if e is not None]
+    def _reject(self, encoded: Sequence[Encoded | InputError]) -> InputError | None:
+        """Why one request cannot run: an input the codec refused, one over the token limit, too many windows."""
+        for k, e in enumerate(encoded):
+            if isinstance(e, InputError):
+                return InputError(f"inputs[{k}] {e}")
+            if any(len(row.ids) > self.max_tokens for row in e.rows):
+                return InputError(f"inputs[{k}] is longer than {self.max_tokens} tokens")
+        rows = sum(len(e.rows) for e in encoded if isinstance(e, Encoded))
+        if rows > self.max_rows:  # only long contexts make several rows: one per window
+            return InputError(
+                f"the contexts make {rows} windows of {self.window} tokens; at most {self.max_rows} per request"
+            )
+        return None
 
-    def _forward(self, task: Task, structure: Structure, encoded: list[_Encoded]) -> list[Any]:
-        """Outputs in input order; chunks of similar length so little compute goes to padding."""
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-        out: list[Any] = [None] * len(encoded)
+    def _forward(self, codec: Codec, structure: Structure, rows: list[Row]) -> list[Any]:
+        """Outputs in row order; chunks of similar length so little compute goes to padding."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
+        out: list[Any] = [None] * len(rows)
         for lo in range(0, len(order), self.max_batch_size):
             chunk = order[lo : lo + self.max_batch_size]
-            for i, result in zip(chunk, self._run_chunk(task, structure, [encoded[i] for i in chunk]), strict=True):
+            for i, result in zip(chunk, self._run_chunk(codec, structure, [rows[i] for i in chunk]), strict=True):
                 out[i] = result
         return out
 
-    def _run_chunk(self, task: Task, structure: Structure, encoded: list[_Encoded]) -> list[Any]:
-        ids, mask, types = self._collate(encoded)
-        if task == "classify":
-            logits = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types, structure=structure).logits
-            label, score = predict_proba(logits)  # (B,), (B,)
-            return list(zip(label.tolist(), score.tolist(), strict=True))
-        hidden = self.model.encode(ids, mask, types, structure=structure).float()  # (B, T, H)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): mean over real tokens only
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
-        return F.normalize(pooled, dim=-1).cpu().tolist()
+    def _run_chunk(self, codec: Codec, structure: Structure, rows: list[Row]) -> list[Any]:
+        ids, mask, types = self._collate(rows)
+        if codec.uses_head:
+            out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types, structure=structure).logits
+        else:
+            out = self.model.encode(ids, mask, types, structure=structure)  # (B, T, H)
+        return codec.reduce(out, mask)
 
-    def _collate(self, encoded: list[_Encoded]) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _collate(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor | None]:
         """Right-padded (B, T) tensors, moved to the device once per chunk (never per request)."""
-        width = max(len(e.ids) for e in encoded)
+        width = max(len(r.ids) for r in rows)
         pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in encoded])  # (B, T)
-        mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in encoded])  # (B, T)
+        ids = torch.tensor([r.ids + [pad] * (width - len(r.ids)) for r in rows])  # (B, T)
+        mask = torch.tensor([[1] * len(r.ids) + [0] * (width - len(r.ids)) for r in rows])  # (B, T)
         types = None
-        if any(e.types for e in encoded):  # text pairs: segment ids; single texts are all segment 0
-            types = torch.tensor([(e.types or [0] * len(e.ids)) + [0] * (width - len(e.ids)) for e in encoded])
+        if any(r.types for r in rows):  # text pairs: segment ids; single texts are all segment 0
+            types = torch.tensor([(r.types or [0] * len(r.ids)) + [0] * (width - len(r.ids)) for r in rows])
             types = types.to(self.device, non_blocking=True)
         return ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True), types
 
     def warmup(self, sparsities: Sequence[float]) -> None:
         """One small batch per size and task, so first requests pay no lazy initialisation."""
         for s in sparsities:
-            self.run("classify", self.structure(s), [["warm up"], [("warm", "up")]])
-            self.run("embed", self.structure(s), [["warm up"]])
+            for task in self.tasks:
+                self.run(task, self.structure(s), [[_WARM_UP[task]]])
 
     def profile(self, levels: Sequence[float], batches: Sequence[int], seq_lens: Sequence[int]) -> LatencyProfile:
         """Measure median forward latency on this device over the grid (kept short: a startup cost)."""

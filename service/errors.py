@@ -22,6 +22,13 @@ class BadInput(ServiceError):
     status, error_type = 422, "validation"
 
 
+class WrongTask(ServiceError):
+    """The checkpoint was trained for another task (404: this server has no such endpoint for it); the
+    message names the endpoint to use."""
+
+    status, error_type = 404, "unsupported_task"
+
+
 class Unauthorized(ServiceError):
     """An API key is configured and the request's is missing or wrong (401)."""
 

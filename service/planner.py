@@ -138,6 +138,12 @@ class Planner:
         """Tokens of the longest text, guessed from its length (texts are tokenized later, in batches)."""
         return min(self.max_tokens, math.ceil(longest_chars / _CHARS_PER_TOKEN) + _SPECIAL_TOKENS)
 
+    def estimate_windows(self, chars: int, window: int) -> int:
+        """Windows of `window` tokens that a question and context of `chars` characters are read in (each
+        window advances by at least half of one: the question and the overlap take the rest)."""
+        tokens = math.ceil(chars / _CHARS_PER_TOKEN) + _SPECIAL_TOKENS
+        return 1 + max(0, math.ceil((tokens - window) / max(1, window // 2)))
+
     def predict_ms(self, sparsity: float, n_inputs: int, seq_len: int) -> float:
         """Inference time of `n_inputs` texts run alone (in chunks of the max batch size)."""
         chunks = math.ceil(n_inputs / self.max_batch_size)

@@ -131,6 +131,9 @@ def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw:
     d = policy.default
     default = {"sparsity": d.sparsity, "size": d.name} if d.budget_ms is None else {"latency_budget_ms": d.budget_ms}
     return SizesResponse(
+        task=engine.task,
+        endpoint=f"/v1/{engine.endpoint}",
+        endpoints=[f"/v1/{t}" for t in engine.tasks],
         levels=levels,
         sizes=dict(policy.named),
         default=default,

@@ -1,14 +1,17 @@
 """Request and response bodies (pydantic, at the process boundary). Limits that the operator sets (texts
-per request, characters per text) are checked in `dispatch.py`; these models hold what never changes."""
+per request, characters per text) are checked in `dispatch.py`; these models hold what never changes.
 
-from typing import Annotated, Any
+Every request's `inputs` arrive at the engine as plain strings and tuples (`codec.Item`): a text, a text pair,
+a word list, or a (question, context) pair."""
+
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, model_validator
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, what: str = 'an input is a text or a pair of texts ["a", "b"]') -> str:
     if not isinstance(value, str):
-        raise ValueError(f'an input is a text or a pair of texts ["a", "b"], got {type(value).__name__}')
+        raise ValueError(f"{what}, got {type(value).__name__}")
     if not value.strip():
         raise ValueError("text must not be empty")
     if not value.isascii():
@@ -28,19 +31,56 @@ def _input(value: Any) -> str | tuple[str, str]:
     return _text(value)
 
 
+def _text_or_words(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError("a word list must hold at least one word")
+        return tuple(_text(w, "a word is a string") for w in value)
+    return _text(value, 'an input is a text or a list of words ["w", ...]')
+
+
+def _question(value: Any) -> tuple[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f'an input is {{"question": "...", "context": "..."}}, got {type(value).__name__}')
+    missing, extra = {"question", "context"} - set(value), sorted(map(str, set(value) - {"question", "context"}))
+    if missing or extra:
+        what = f"{' and '.join(sorted(missing))} missing" if missing else f"unknown key {extra[0]!r:.40}"
+        raise ValueError(f'an input is {{"question": "...", "context": "..."}}: {what}')
+    return _text(value["question"], "question is a text"), _text(value["context"], "context is a text")
+
+
 # for the schema only (`_text` checks): not empty, not all whitespace
 _Text = Annotated[str, Field(min_length=1, pattern=r"\S")]
+
+
+class QuestionInput(BaseModel):
+    """A question about a context (for the schema: `_question` checks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: _Text
+    context: _Text = Field(description="the text that holds the answer; long ones are read in overlapping windows")
+
+
 # a text, or a text pair as ["a", "b"]
 Input = Annotated[str | tuple[str, str], PlainValidator(_input, json_schema_input_type=_Text | tuple[_Text, _Text])]
+# a text, or a list of words (tagged as given)
+WordsInput = Annotated[
+    str | tuple[str, ...],
+    PlainValidator(_text_or_words, json_schema_input_type=_Text | Annotated[list[_Text], Field(min_length=1)]),
+]
+# {"question": ..., "context": ...}, as a (question, context) pair
+QuestionPair = Annotated[tuple[str, str], PlainValidator(_question, json_schema_input_type=QuestionInput)]
 Sparsity = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]  # strict: "0.5" or true are type errors
+InputT = TypeVar("InputT")
 
 
-class SizedRequest(BaseModel):
+class SizedRequest(BaseModel, Generic[InputT]):
     """Inputs and at most one size selector (none: the operator's default)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[Input] = Field(min_length=1, description='texts; a text pair is ["a", "b"]')
+    inputs: list[InputT] = Field(min_length=1)
     sparsity: Sparsity | None = Field(None, description="serve at this sparsity (fraction of prunable weights removed)")
     size: str | None = Field(None, description="a named size (see GET /v1/sizes)", max_length=100)
     latency_budget_ms: Annotated[float, Strict(), Field(gt=0)] | None = Field(
@@ -48,25 +88,51 @@ class SizedRequest(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_selector(self) -> "SizedRequest":
+    def _one_selector(self) -> "SizedRequest[InputT]":
         given = [k for k in ("sparsity", "size", "latency_budget_ms") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of sparsity, size, latency_budget_ms; got {', '.join(given)}")
         return self
 
 
-class ClassifyRequest(SizedRequest):
+class ClassifyRequest(SizedRequest[Input]):
     """Texts (or text pairs) to label."""
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"inputs": ["a gripping, beautiful film", "dull"], "sparsity": 0.5}]}
     )
 
+    inputs: list[Input] = Field(min_length=1, description='texts; a text pair is ["a", "b"]')
 
-class EmbedRequest(SizedRequest):
+
+class EmbedRequest(SizedRequest[Input]):
     """Texts to embed."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"inputs": ["a sentence to embed"], "size": "small"}]})
+
+    inputs: list[Input] = Field(min_length=1, description='texts; a text pair is ["a", "b"]')
+
+
+class TokensRequest(SizedRequest[WordsInput]):
+    """Texts (split into words as the tokenizer splits them) or word lists to tag."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"inputs": ["Ada Lovelace was born in London."], "sparsity": 0.5}]}
+    )
+
+    inputs: list[WordsInput] = Field(min_length=1, description='texts, or lists of words ["Ada", "Lovelace", ...]')
+
+
+class AnswerRequest(SizedRequest[QuestionPair]):
+    """Questions, each about its own context."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"inputs": [{"question": "Where was Ada born?", "context": "Ada was born in London."}]}]
+        }
+    )
+
+    inputs: list[QuestionPair] = Field(min_length=1, description='{"question": ..., "context": ...} per input')
 
 
 class Served(BaseModel):
@@ -118,6 +184,37 @@ class EmbedResponse(Served):
     dimensions: int
 
 
+class Entity(BaseModel):
+    """An entity (BIO tags: a run of B-/I- words), or one tagged word (other tag sets, e.g. POS)."""
+
+    entity_group: str = Field(description="the entity type (the tag without B-/I-), or the word's tag")
+    score: float = Field(description="mean probability of its words' tags (each word's first sub-word)")
+    word: str = Field(description="the tagged text: text[start:end]")
+    start: int = Field(description="character offset in the text (a word list: in the words joined by spaces)")
+    end: int
+
+
+class TokensResponse(Served):
+    """Per input, in input order, its entities (or tagged words) in text order."""
+
+    results: list[list[Entity]]
+
+
+class Answer(BaseModel):
+    """The best span of the context (at most 30 tokens); empty with score 0 when there is none."""
+
+    answer: str = Field(description="context[start:end]")
+    score: float = Field(description="P(start) x P(end) of the span in the window it was found in")
+    start: int = Field(description="character offset in the context")
+    end: int
+
+
+class AnswerResponse(Served):
+    """One answer per input, in input order."""
+
+    results: list[Answer]
+
+
 class Level(BaseModel):
     """One row of the size table: accounting from the checkpoint, latency measured by this server."""
 
@@ -144,6 +241,9 @@ class Measurement(BaseModel):
 class SizesResponse(BaseModel):
     """The sizes this server serves and what each costs."""
 
+    task: str = Field(description="what the checkpoint was trained for, e.g. token-classification")
+    endpoint: str = Field(description="its endpoint, e.g. /v1/tokens")
+    endpoints: list[str] = Field(description="every inference endpoint it serves (its own and /v1/embed)")
     levels: list[Level]
     sizes: dict[str, float] = Field(description="named sizes and their sparsity")
     default: dict[str, Any] = Field(description="what serves a request that names no size")

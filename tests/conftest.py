@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random encoders (2 layers, 4 heads, hidden 32) with a word-level tokenizer, a small
-labelled CSV whose label is learnable, and a checkpoint trained through the real recipe."""
+labelled CSV whose label is learnable, and checkpoints trained through the real recipe: classification, and
+token classification, question answering and sentence embeddings on generated data."""
 
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -129,3 +131,87 @@ def train_tiny(tiny_dir: Path, out: Path, family: str = "bert", **train_kwargs: 
 def tiny_ckpt(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint trained by the real recipe (150 steps of once-for-all training on the tiny BERT)."""
     return train_tiny(tiny_dir, tmp_path_factory.mktemp("ckpt") / "run")
+
+
+# -- the other tasks: learnable generated data, and checkpoints trained on it once per session -------------
+TAGS = ["B-EVEN", "I-EVEN", "O"]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def ner_rows(n: int, seed: int, language: str | None = None) -> list[dict[str, object]]:
+    """Runs of even-numbered words are entities (B- then I-); odd words are O."""
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        ids = [rng.randrange(100) for _ in range(rng.randrange(4, 13))]
+        tags, inside = [], False
+        for i in ids:
+            tags.append(("I-EVEN" if inside else "B-EVEN") if i % 2 == 0 else "O")
+            inside = i % 2 == 0
+        row: dict[str, object] = {"tokens": [f"w{i}" for i in ids], "ner_tags": tags}
+        rows.append({**row, "language": language} if language else row)
+    return rows
+
+
+def qa_rows(n: int, seed: int) -> list[dict[str, object]]:
+    """Contexts of 8-29 distinct words; the answer is the one word from w90..w99 (SQuAD format)."""
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        ids = rng.sample(range(90), rng.randrange(8, 30))
+        k = rng.randrange(1, len(ids))
+        ids[k] = rng.randrange(90, 100)
+        words = [f"w{i}" for i in ids]
+        start = len(" ".join(words[:k])) + 1
+        rows.append({"question": "w1 w2", "context": " ".join(words),
+                     "answers": {"text": [words[k]], "answer_start": [start]}})  # fmt: skip
+    return rows
+
+
+def pair_rows(n: int, seed: int) -> list[dict[str, object]]:
+    """A 'translation': word i becomes word i + 50, in another order."""
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        ids = [rng.randrange(50) for _ in range(rng.randrange(3, 9))]
+        other = [i + 50 for i in ids]
+        rng.shuffle(other)
+        rows.append({"sentence1": " ".join(f"w{i}" for i in ids), "sentence2": " ".join(f"w{i}" for i in other)})
+    return rows
+
+
+def train_task(tmp: Path, task: str, rows: tuple[list[dict[str, object]], list[dict[str, object]]],
+               max_len: int = 128, steps: int = 150) -> Path:  # fmt: skip
+    """Train a tiny BERT for `task` on `rows` (train, validation) through the real recipe: `tmp/run`."""
+    from dynsparse.recipe import run_training
+
+    model = make_tiny("bert", tmp / "model", task=task, num_labels=len(TAGS), dropout=0.0)
+    tr, va = write_jsonl(tmp / "train.jsonl", rows[0]), write_jsonl(tmp / "validation.jsonl", rows[1])
+    return run_training(
+        ModelArguments(str(model)),
+        DataArguments(train_file=str(tr), validation_file=str(va), task=task, max_seq_length=max_len),
+        SparsityArguments(),
+        TrainArguments(output_dir=str(tmp / "run"), max_steps=steps, per_device_train_batch_size=16,
+                       learning_rate=2e-3, seed=0),  # fmt: skip
+    )
+
+
+@pytest.fixture(scope="session")
+def ner_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Token classification (BIO tags of even-numbered words), 150 steps."""
+    return train_task(tmp_path_factory.mktemp("ner"), "token-classification", (ner_rows(400, 0), ner_rows(100, 1)))
+
+
+@pytest.fixture(scope="session")
+def qa_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Question answering with 24-token windows (most contexts span several), 100 steps."""
+    rows = (qa_rows(400, 0), qa_rows(100, 1))
+    return train_task(tmp_path_factory.mktemp("qa"), "question-answering", rows, max_len=24, steps=100)
+
+
+@pytest.fixture(scope="session")
+def embed_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sentence embeddings (pairs of 'translations'), 100 steps; its validation file is beside it."""
+    rows = (pair_rows(400, 0), pair_rows(100, 1))
+    return train_task(tmp_path_factory.mktemp("embed"), "feature-extraction", rows, steps=100)

@@ -6,6 +6,7 @@ fractions of 1 like every metric in the level table."""
 import re
 import string
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from dynsparse.errors import InputError
 from dynsparse.tasks.base import Task, map_or_fail, pick_column
 
 N_BEST, MAX_ANSWER_TOKENS = 20, 30
+Offset = tuple[int, int]  # a token's characters in the text: text[start:end]
 
 
 class QuestionAnswering(Task):
@@ -45,28 +47,21 @@ class QuestionAnswering(Task):
             raise InputError("question answering needs a fast tokenizer (character offsets)")
         q_col, c_col, a_col = cols.text, cols.pair, cols.label
         assert c_col is not None and a_col is not None
-        stride = max(1, min(128, max_len // 4))
 
         def _encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
-            questions = [str(q or "").lstrip() for q in batch[q_col]]
             contexts = [str(c or "") for c in batch[c_col]]
             answers = [_answers(a, what) for a in batch[a_col]]
-            enc = tokenizer(questions, contexts, truncation="only_second", max_length=max_len, stride=stride,
-                            return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
-            sample = enc.pop("overflow_to_sample_mapping")
-            offsets = enc.pop("offset_mapping")
-            out: dict[str, Any] = dict(enc.items())
+            w = encode_windows(tokenizer, [str(q or "") for q in batch[q_col]], contexts, max_len)
+            out: dict[str, Any] = dict(w.encoding.items())
             if train:
-                out["labels"] = [_span(offsets[i], enc.sequence_ids(i), answers[j]) for i, j in enumerate(sample)]
+                out["labels"] = [_span(w.offsets[i], answers[j]) for i, j in enumerate(w.sample)]
             else:
-                out["offset_mapping"] = [[o if s == 1 else None for o, s in zip(offsets[i], enc.sequence_ids(i),
-                                                                                strict=True)]
-                                         for i in range(len(sample))]  # fmt: skip
-                out["example_id"] = [batch["__index"][j] for j in sample]
-                out["context"] = [contexts[j] for j in sample]
-                out["answer_texts"] = [[t for t, _ in answers[j]] for j in sample]
+                out["offset_mapping"] = w.offsets
+                out["example_id"] = [batch["__index"][j] for j in w.sample]
+                out["context"] = [contexts[j] for j in w.sample]
+                out["answer_texts"] = [[t for t, _ in answers[j]] for j in w.sample]
             if LANGUAGE in batch:
-                out[LANGUAGE] = [batch[LANGUAGE][j] for j in sample]
+                out[LANGUAGE] = [batch[LANGUAGE][j] for j in w.sample]
             return out
 
         ds = ds.add_column("__index", list(range(len(ds))))
@@ -107,34 +102,95 @@ def _answers(value: Any, what: str) -> list[tuple[str, int]]:
     return [(str(t), int(s)) for t, s in zip(value["text"], value["answer_start"], strict=False)]
 
 
-def _span(offsets: list[tuple[int, int]], seq_ids: list[int | None], answers: list[tuple[str, int]]) -> list[int]:
+def _span(offsets: list[Offset | None], answers: list[tuple[str, int]]) -> list[int]:
     """Token (start, end) of the first answer inside this window; (0, 0), the first token, when outside."""
     if not answers:
         return [0, 0]
     text, start_char = answers[0]
     end_char = start_char + len(text)
-    ctx = [i for i, s in enumerate(seq_ids) if s == 1]
-    if not ctx or offsets[ctx[0]][0] > start_char or offsets[ctx[-1]][1] < end_char:
+    ctx = [(i, o) for i, o in enumerate(offsets) if o is not None]
+    if not ctx or ctx[0][1][0] > start_char or ctx[-1][1][1] < end_char:
         return [0, 0]
-    start = next(i for i in ctx if offsets[i][1] > start_char)
-    end = next(i for i in reversed(ctx) if offsets[i][0] < end_char)
+    start = next(i for i, o in ctx if o[1] > start_char)
+    end = next(i for i, o in reversed(ctx) if o[0] < end_char)
     return [start, max(start, end)]
 
 
-def best_answer(logits: list[Any], offsets: list[list[Any]], context: str) -> str:
-    """The highest-scoring valid span (start + end logit) over an example's windows, as context text."""
-    best, answer = -np.inf, ""
-    for lg, off in zip(logits, offsets, strict=True):
+def window_stride(max_len: int) -> int:
+    """Tokens shared by consecutive windows of one context: a quarter window, at most 128 (as SQuAD scripts)."""
+    return max(1, min(128, max_len // 4))
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Question + context pairs as windows of at most `max_len` tokens over the contexts."""
+
+    encoding: Any  # the tokenizer's BatchEncoding: input_ids, attention_mask (and token_type_ids) per window
+    sample: list[int]  # per window, the index of its question/context pair
+    offsets: list[list[Offset | None]]  # per window and token: its characters in the context (None: not context)
+
+
+def encode_windows(tokenizer: Any, questions: list[str], contexts: list[str], max_len: int) -> Windows:
+    """Tokenise pairs as training, evaluation and the server do: the question whole (left-stripped), the
+    context in overlapping windows (`window_stride`), with each context token's character offsets."""
+    enc = tokenizer(
+        [q.lstrip() for q in questions],
+        contexts,
+        truncation="only_second",
+        max_length=max_len,
+        stride=window_stride(max_len),
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+    )
+    sample = enc.pop("overflow_to_sample_mapping")
+    offsets = enc.pop("offset_mapping")
+    ctx = [[(o[0], o[1]) if s == 1 else None for o, s in zip(offsets[i], enc.sequence_ids(i), strict=True)]
+           for i in range(len(sample))]  # fmt: skip
+    return Windows(enc, list(sample), ctx)
+
+
+@dataclass(frozen=True)
+class Span:
+    """The best answer of an example: its characters in the context and where the model found it."""
+
+    start: int  # context[start:end] is the answer
+    end: int
+    window: int  # the window it was found in, and its start and end token there
+    tokens: tuple[int, int]
+    score: float  # start + end logit: comparable across the windows of one example
+
+
+def best_span(logits: list[Any], offsets: list[list[Any]]) -> Span | None:
+    """The highest-scoring valid span (start + end logit; context tokens only, at most `MAX_ANSWER_TOKENS`)
+    over an example's windows; None when no window has one. `logits[i]` is window i's (T, 2) array."""
+    best: Span | None = None
+    for w, (lg, off) in enumerate(zip(logits, offsets, strict=True)):
         n = len(off)
         start_l, end_l = lg[:n, 0], lg[:n, 1]
         for s in np.argsort(start_l)[::-1][:N_BEST]:
             for e in np.argsort(end_l)[::-1][:N_BEST]:
                 if off[s] is None or off[e] is None or e < s or e - s + 1 > MAX_ANSWER_TOKENS:
                     continue
-                score = start_l[s] + end_l[e]
-                if score > best:
-                    best, answer = score, context[off[s][0] : off[e][1]]
-    return answer
+                score = float(start_l[s] + end_l[e])
+                if best is None or score > best.score:
+                    best = Span(off[s][0], off[e][1], w, (int(s), int(e)), score)
+    return best
+
+
+def best_answer(logits: list[Any], offsets: list[list[Any]], context: str) -> str:
+    """The text of `best_span` in `context` ("" when there is none)."""
+    span = best_span(logits, offsets)
+    return "" if span is None else context[span.start : span.end]
+
+
+def span_probability(logits: Any, offsets: list[Any], tokens: tuple[int, int]) -> float:
+    """P(start) * P(end) of a span in its window, each a softmax over the window's context tokens (the score
+    transformers' question-answering pipeline reports)."""
+    ctx = np.array([o is not None for o in offsets])[:, None]  # (T, 1)
+    lg = np.where(ctx, np.asarray(logits[: len(offsets)], dtype=np.float64), -np.inf)  # (T, 2)
+    probs = np.exp(lg - lg.max(0))
+    probs /= probs.sum(0)
+    return float(probs[tokens[0], 0] * probs[tokens[1], 1])
 
 
 def normalize(text: str) -> str:

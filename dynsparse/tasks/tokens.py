@@ -17,7 +17,8 @@ _WORDS = ("tokens", "words")
 _TAGS = ("ner_tags", "pos_tags", "tags", "labels", "label", "upos")
 
 
-def _is_bio(labels: list[str]) -> bool:
+def is_bio(labels: list[str]) -> bool:
+    """Whether a tag set marks entities (BIO or BIOES: "O", "B-PER", ...) rather than one tag per word (POS)."""
     return all(t == "O" or t[:2] in ("B-", "I-", "E-", "S-") for t in labels)
 
 
@@ -28,7 +29,7 @@ class TokenClassification(Task):
         if len(labels) < 2:
             raise InputError(f"token classification needs at least 2 tags, the data has {len(labels)}")
         super().__init__(labels)
-        self.main_metric = "f1" if _is_bio(self.labels) else "accuracy"
+        self.main_metric = "f1" if is_bio(self.labels) else "accuracy"
 
     @classmethod
     def columns(cls, ds: Dataset, args: DataArguments) -> Columns:
@@ -103,7 +104,7 @@ class TokenClassification(Task):
         words = sum(len(r) for r in refs)
         out = {"accuracy": sum(a == b for r, h in zip(refs, hyps, strict=True) for a, b in zip(r, h, strict=True))
                / max(words, 1)}  # fmt: skip
-        if _is_bio(self.labels):
+        if is_bio(self.labels):
             out.update(f1=f1_score(refs, hyps, zero_division=0), precision=precision_score(refs, hyps, zero_division=0),
                        recall=recall_score(refs, hyps, zero_division=0))  # fmt: skip
         return {k: float(v) for k, v in out.items()}
@@ -115,3 +116,43 @@ def _align(word_ids: list[int | None], tags: list[int]) -> list[int]:
         labels.append(tags[w] if w is not None and w != previous else IGNORE)
         previous = w
     return labels
+
+
+def first_subwords(word_ids: list[int | None], n_words: int) -> list[int | None]:
+    """Per word, the index of its first sub-word token (the one training labels); None if it has no token."""
+    first: list[int | None] = [None] * n_words
+    for t, w in enumerate(word_ids):
+        if w is not None and first[w] is None:
+            first[w] = t
+    return first
+
+
+Entity = tuple[str, float, int, int]  # (type, mean score, first word, last word)
+
+
+def group_entities(tags: list[str], scores: list[float]) -> list[Entity]:
+    """Runs of BIO(ES) word tags as entities, grouped as transformers' token-classification pipeline does
+    (aggregation "simple"): B- and S- start one, I- and E- of the same type continue it (a stray I- starts
+    one), E- and S- end it, "O" is no entity. The score is the mean of the words' scores."""
+    out: list[Entity] = []
+    run: list[int] = []  # word indices of the open entity
+    kind = ""
+
+    def close() -> None:
+        if run:
+            out.append((kind, sum(scores[i] for i in run) / len(run), run[0], run[-1]))
+            run.clear()
+
+    for i, tag in enumerate(tags):
+        prefix, name = (tag[:1], tag[2:]) if tag[1:2] == "-" else ("O", "")
+        if prefix in ("I", "E") and run and name == kind:
+            run.append(i)
+        else:
+            close()
+            if prefix != "O":
+                run.append(i)
+                kind = name
+        if prefix in ("E", "S"):
+            close()
+    close()
+    return out

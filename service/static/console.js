@@ -8,7 +8,15 @@ const REFRESH_MS = 3000;
 const KEY = "dynsparse.apiKey";
 const $ = (id) => document.getElementById(id);
 
-const state = { sizes: null, chart: null, task: "classify", mode: "sparsity" };
+const state = { sizes: null, chart: null, task: "classify", taskPicked: false, mode: "sparsity" };
+
+// what the text box holds for each endpoint (for answer: the context; the question has its own box)
+const PLACEHOLDER = {
+  classify: "Type a sentence, e.g. a gripping, beautiful film",
+  tokens: "Type a sentence to tag, e.g. Ada Lovelace was born in London.",
+  answer: "Paste the context that holds the answer",
+  embed: "Type a sentence to embed",
+};
 
 class ApiError extends Error {
   constructor(status, type, message, retryAfter = null) {
@@ -116,6 +124,7 @@ async function loadSizes() {
   renderFacts(s);
   renderLegend(s);
   setupPickers(s);
+  setupTasks(s);
 }
 
 function renderFacts(s) {
@@ -204,18 +213,17 @@ function setMode(mode) {
 function setTask(task) {
   state.task = task;
   for (const b of $("task").querySelectorAll("button")) b.classList.toggle("on", b.dataset.task === task);
+  show($("question"), task === "answer");
+  $("text").placeholder = PLACEHOLDER[task] ?? "";
+  $("text").setAttribute("aria-label", task === "answer" ? "context" : "text");
 }
 
-/** Which of classify and embed this server offers (from its OpenAPI schema, which needs no key). */
-async function detectTasks() {
-  try {
-    const spec = await (await fetch("openapi.json")).json();
-    const offered = ["classify", "embed"].filter((t) => `/v1/${t}` in spec.paths);
-    for (const b of $("task").querySelectorAll("button")) b.disabled = !offered.includes(b.dataset.task);
-    if (offered.length && !offered.includes(state.task)) setTask(offered[0]);
-  } catch {
-    /* keep both: the answer will say if one is missing */
-  }
+/** Offer what this checkpoint serves: its task's endpoint (picked first) and embed, from GET /v1/sizes. */
+function setupTasks(s) {
+  const name = (path) => path.replace(/^\/v1\//, "");
+  const offered = (s.endpoints ?? ["/v1/classify", "/v1/embed"]).map(name);
+  for (const b of $("task").querySelectorAll("button")) show(b, offered.includes(b.dataset.task));
+  if (!state.taskPicked || !offered.includes(state.task)) setTask(name(s.endpoint ?? "/v1/classify"));
 }
 
 function selector() {
@@ -232,9 +240,11 @@ async function submit(e) {
   button.textContent = "Sending…";
   show($("try-error"), false);
   const t0 = performance.now();
+  const text = $("text").value;
+  const inputs = state.task === "answer" ? [{ question: $("question").value, context: text }] : [text];
   try {
-    const data = await api(`v1/${state.task}`, { inputs: [$("text").value], ...selector() });
-    renderAnswer(data, performance.now() - t0);
+    const data = await api(`v1/${state.task}`, { inputs, ...selector() });
+    renderAnswer(data, performance.now() - t0, text);
     state.chart?.mark("served", data.sparsity);
   } catch (err) {
     show($("answer"), false);
@@ -255,29 +265,63 @@ function stat(id, label, text, value) {
   return el("div", { class: "stat" }, el("dt", {}, label), el("dd", { id, "data-value": value }, text));
 }
 
-function renderAnswer(data, roundTripMs) {
-  const head = [];
+const pct = (p) => `${(p * 100).toFixed(1)}%`;
+
+/** `text` with `spans` ({start, end, tag, title}: code-point offsets, as the server counts) marked. */
+function highlight(text, spans) {
+  const chars = Array.from(text); // offsets count code points, JavaScript strings UTF-16 units
+  const parts = [];
+  let at = 0;
+  for (const s of [...spans].sort((a, b) => a.start - b.start)) {
+    if (s.start < at) continue; // overlapping spans: never sent by the server
+    parts.push(chars.slice(at, s.start).join(""));
+    const tag = s.tag ? el("span", { class: "tag" }, s.tag) : null;
+    parts.push(el("mark", { title: s.title, "data-label": s.tag, "data-start": s.start }, chars.slice(s.start, s.end).join(""), tag));
+    at = s.end;
+  }
+  parts.push(chars.slice(at).join(""));
+  return parts;
+}
+
+function verdict(label, labelValue, score, scoreValue, scoreNote) {
+  return el("div", { class: "verdict" },
+    el("span", { class: "label", id: "ans-label", "data-value": labelValue }, label),
+    el("span", { class: "score", id: "ans-score", "data-value": scoreValue }, score),
+    scoreNote ? el("span", { class: "score-k" }, scoreNote) : null);
+}
+
+/** The task's own part of the answer panel. */
+function answerHead(data, text) {
   if (state.task === "classify") {
     const { label, score } = data.results[0];
     const bar = el("span", { class: "fill" });
-    bar.style.width = `${(score * 100).toFixed(1)}%`;
-    head.push(
-      el("div", { class: "verdict" },
-        el("span", { class: "label", id: "ans-label", "data-value": label }, label),
-        el("span", { class: "score", id: "ans-score", "data-value": score }, `${(score * 100).toFixed(1)}%`),
-        el("span", { class: "score-k" }, "probability")),
-      el("div", { class: "bar" }, bar),
-    );
-  } else {
-    const v = data.embeddings[0];
-    const preview = `[${v.slice(0, 6).map((x) => x.toFixed(3)).join(", ")}, …]`;
-    head.push(
-      el("div", { class: "verdict" },
-        el("span", { class: "label", id: "ans-label", "data-value": "embedding" }, "embedding"),
-        el("span", { class: "score", id: "ans-score", "data-value": data.dimensions }, `${data.dimensions} dimensions`)),
-      el("code", { class: "vector" }, preview),
-    );
+    bar.style.width = pct(score);
+    return [verdict(label, label, pct(score), score, "probability"), el("div", { class: "bar" }, bar)];
   }
+  if (state.task === "tokens") {
+    const found = data.results[0];
+    const spans = found.map((e) => ({ ...e, tag: e.entity_group, title: `${e.entity_group} · ${pct(e.score)}` }));
+    const mean = found.length ? found.reduce((a, e) => a + e.score, 0) / found.length : null;
+    return [
+      verdict(`${found.length} tagged`, found.length, mean === null ? "–" : pct(mean), mean, mean === null ? "" : "mean probability"),
+      el("p", { class: "marked", id: "ans-marked" }, ...highlight(text, spans)),
+    ];
+  }
+  if (state.task === "answer") {
+    const a = data.results[0];
+    const spans = a.answer ? [{ start: a.start, end: a.end, title: `answer · ${pct(a.score)}` }] : [];
+    return [
+      verdict(a.answer || "no answer found", a.answer, pct(a.score), a.score, "probability"),
+      el("p", { class: "marked", id: "ans-marked" }, ...highlight(text, spans)),
+    ];
+  }
+  const v = data.embeddings[0];
+  const preview = `[${v.slice(0, 6).map((x) => x.toFixed(3)).join(", ")}, …]`;
+  return [verdict("embedding", "embedding", `${data.dimensions} dimensions`, data.dimensions), el("code", { class: "vector" }, preview)];
+}
+
+function renderAnswer(data, roundTripMs, text) {
+  const head = answerHead(data, text);
   const notes = [];
   if (data.size) notes.push(`named size “${data.size}”`);
   if (data.budget_met === true) notes.push("latency budget met");
@@ -301,7 +345,12 @@ function main() {
   $("refresh-s").textContent = String(REFRESH_MS / 1000);
   setupKey();
   for (const b of $("mode").querySelectorAll("button")) b.addEventListener("click", () => setMode(b.dataset.mode));
-  for (const b of $("task").querySelectorAll("button")) b.addEventListener("click", () => setTask(b.dataset.task));
+  for (const b of $("task").querySelectorAll("button")) {
+    b.addEventListener("click", () => {
+      state.taskPicked = true;
+      setTask(b.dataset.task);
+    });
+  }
   $("sparsity").addEventListener("input", (e) => {
     e.target.dataset.touched = "1";
     updateSlider();
@@ -312,7 +361,6 @@ function main() {
   $("text").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("try-form").requestSubmit();
   });
-  detectTasks();
   loadSizes();
   startLive(REFRESH_MS);
 }

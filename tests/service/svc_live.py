@@ -1,5 +1,6 @@
 """Helpers of the service tests: a real uvicorn server in a thread, and the Python API's answers."""
 
+import asyncio
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import httpx
 import torch
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import dynsparse
 from service.app import create_app
@@ -26,6 +28,15 @@ class Live:
     app: FastAPI
     server: uvicorn.Server
     thread: threading.Thread
+    loops: list[asyncio.AbstractEventLoop]  # the server's event loop, once it has started
+
+    def tasks(self) -> int:
+        """asyncio tasks alive in the server's loop (this count's own task excluded)."""
+
+        async def count() -> int:
+            return len(asyncio.all_tasks()) - 1
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loops[0]).result(10)
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
@@ -42,13 +53,14 @@ class Live:
 
 
 @contextmanager
-def live_server(settings: Settings) -> Iterator[Live]:
+def live_server(settings: Settings, log_level: str = "warning") -> Iterator[Live]:
     """Start a real uvicorn server on a free port; stop it (gracefully) on exit."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the socket is handed to uvicorn: no race for the port
     port = sock.getsockname()[1]
     app = create_app(settings)
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10)
+    loops: list[asyncio.AbstractEventLoop] = []
+    config = uvicorn.Config(_loop_into(app, loops), log_level=log_level, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -58,11 +70,22 @@ def live_server(settings: Settings) -> Iterator[Live]:
     if not server.started:
         raise RuntimeError(f"server did not start: {app.state.startup_error}")
     try:
-        yield Live(f"http://127.0.0.1:{port}", app, server, thread)
+        yield Live(f"http://127.0.0.1:{port}", app, server, thread, loops)
     finally:
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def _loop_into(app: FastAPI, loops: list[asyncio.AbstractEventLoop]) -> ASGIApp:
+    """`app`, noting the event loop it runs in (the lifespan's first message comes before `server.started`)."""
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        if not loops:
+            loops.append(asyncio.get_running_loop())
+        await app(scope, receive, send)
+
+    return asgi
 
 
 def expected_probs(model: dynsparse.ElasticModel, texts: list[str], s: float) -> torch.Tensor:

@@ -234,3 +234,49 @@ def test_api_key(browser: "Browser", make_settings: Callable[..., Settings]) -> 
         expect(page.locator("svg.plot g.level")).not_to_have_count(0)
         expect(message).to_be_hidden()
         w.check_clean()
+
+
+@needs_browser
+def test_the_try_it_box_follows_the_checkpoints_task(
+    browser: "Browser", make_settings: Callable[..., Settings], ner_ckpt: Path, qa_ckpt: Path
+) -> None:
+    """A token tagger offers Tokens (entities marked in the text) and Embed; a reader offers Answer, with a
+    question box, and marks the answer in its context. Both answer as the API does."""
+    buttons = '#task button[data-task="{}"]'
+    with live_server(make_settings(checkpoint=ner_ckpt)) as live, live.client() as api:
+        page = (w := open_console(browser, live)).page
+        expect(page.locator(buttons.format("tokens"))).to_have_class(re.compile(r"\bon\b"))
+        for task, visible in (("classify", False), ("answer", False), ("embed", True)):
+            expect(page.locator(buttons.format(task))).to_be_visible(visible=visible)
+        expect(page.locator("#question")).to_be_hidden()
+        text = "w1 w8 w10  w3 w12"
+        page.locator("#sparsity").fill("0.5")
+        submit(page, text)
+        (want,) = api.post("/v1/tokens", json={"inputs": [text], "sparsity": 0.5}).json()["results"]
+        marks = page.locator("#ans-marked mark")
+        expect(marks).to_have_count(len(want))
+        for mark, e in zip(marks.all(), want, strict=True):
+            assert mark.get_attribute("data-label") == e["entity_group"]
+            assert mark.get_attribute("data-start") == str(e["start"])
+            expect(mark).to_have_text(e["word"] + e["entity_group"])  # the words, then their tag
+        expect(page.locator("#ans-marked")).to_contain_text("w1")  # the untagged text is there too
+        page.click(buttons.format("embed"))
+        submit(page, text)
+        expect(page.locator("#ans-label")).to_have_text("embedding")
+        w.check_clean()
+
+    with live_server(make_settings(checkpoint=qa_ckpt)) as live, live.client() as api:
+        page = (w := open_console(browser, live)).page
+        expect(page.locator(buttons.format("answer"))).to_have_class(re.compile(r"\bon\b"))
+        expect(page.locator(buttons.format("tokens"))).to_be_hidden()
+        context = "w5 w7 w97 w11 w30"
+        page.fill("#question", "w1 w2")
+        page.locator("#sparsity").fill("0.5")
+        submit(page, context)
+        body = {"inputs": [{"question": "w1 w2", "context": context}], "sparsity": 0.5}
+        (want,) = api.post("/v1/answer", json=body).json()["results"]
+        expect(page.locator("#ans-label")).to_have_text(want["answer"])
+        expect(page.locator("#ans-score")).to_have_text(f"{want['score'] * 100:.1f}%")
+        expect(page.locator("#ans-marked mark")).to_have_text(want["answer"])
+        expect(page.locator("#ans-marked")).to_have_text(context)
+        w.check_clean()
