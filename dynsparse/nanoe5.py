@@ -24,7 +24,6 @@ Example:
     >>> AutoModel.from_pretrained(out)  # inputs "query: ..." / "passage: ...", mean-pooled  # doctest: +SKIP
 """
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from dynsparse.checkpoint import sha256_file
 from dynsparse.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -291,17 +291,9 @@ def default_sources() -> tuple[Path, Path]:
     return found[0], found[1]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _provenance(source: Path, tokenizer: Path, source_packaged: bool, tokenizer_packaged: bool) -> dict[str, Any]:
     def origin(path: Path, dist: str, packaged: bool) -> dict[str, Any]:
-        return {"file": str(path), "sha256": _sha256(path), "package": dist if packaged else None,
+        return {"file": str(path), "sha256": sha256_file(path), "package": dist if packaged else None,
                 "package_version": importlib.metadata.version(dist) if packaged else None}  # fmt: skip
 
     return {

@@ -4,7 +4,9 @@ token classification, question answering and sentence embeddings on generated da
 
 import csv
 import json
+import logging
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -215,3 +217,25 @@ def embed_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Sentence embeddings (pairs of 'translations'), 100 steps; its validation file is beside it."""
     rows = (pair_rows(400, 0), pair_rows(100, 1))
     return train_task(tmp_path_factory.mktemp("embed"), "feature-extraction", rows, steps=100)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """`dynsparse.cli.main`, `run_training` and uvicorn set up logging as a command should (the root logger at DEBUG
+    with a console handler, a run's train.log, uvicorn's handlers on the streams of the moment); in this one test
+    process, undo that after each test, or later tests log at DEBUG into stale handlers (a closed capture stream,
+    old train.log files)."""
+    root = logging.getLogger()
+    level, before = root.level, set(root.handlers)
+    servers = [logging.getLogger(name) for name in ("uvicorn", "uvicorn.error", "uvicorn.access")]
+    saved = [(lg.level, lg.handlers[:], lg.propagate) for lg in servers]
+    yield
+    root.setLevel(level)
+    for handler in set(root.handlers) - before:
+        if type(handler) is logging.FileHandler or type(handler).__module__.startswith("dynsparse"):
+            root.removeHandler(handler)  # pytest's own capture handlers come and go by themselves
+            handler.close()
+    for lg, (lvl, handlers, propagate) in zip(servers, saved, strict=True):
+        lg.setLevel(lvl)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate

@@ -15,7 +15,9 @@ import pytest
 
 import dynsparse
 from dynsparse.cli import main
+from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
 from dynsparse.errors import CheckpointError
+from dynsparse.recipe import run_training
 
 DEEP = "[" * 100_000 + "]" * 100_000  # json's recursion limit, not a crash
 BIG_INT = "1" + "0" * 5000  # over Python's 4300-digit limit for int()
@@ -152,17 +154,22 @@ class _Payload:
 @pytest.fixture(scope="module")
 def trained(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An output folder with a training state, checkpoint-2."""
-    from conftest import train_tiny
+    return _train(tiny_dir, tmp_path_factory.mktemp("state") / "run")
 
-    return train_tiny(tiny_dir, tmp_path_factory.mktemp("state") / "run", max_steps=2, save_steps=2, eval_levels=2)
+
+def _train(tiny_dir: Path, out: Path, **resume: str) -> Path:
+    return run_training(
+        ModelArguments(model_name_or_path=str(tiny_dir / "bert")),
+        DataArguments(train_file=str(tiny_dir / "train.csv")),
+        SparsityArguments(),
+        TrainArguments(output_dir=str(out), max_steps=2, save_steps=2, **resume),  # type: ignore[arg-type]
+    )
 
 
 @pytest.mark.parametrize("file", ["optimizer.pt", "scheduler.pt", "rng_state.pt"])
 def test_a_hostile_pickle_in_a_training_state_is_refused_unrun(
     tiny_dir: Path, trained: Path, tmp_path: Path, file: str
 ) -> None:
-    from conftest import train_tiny
-
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     with open(out / "checkpoint-2" / file, "wb") as f:
@@ -170,5 +177,5 @@ def test_a_hostile_pickle_in_a_training_state_is_refused_unrun(
     marker = Path("/tmp/dynsparse-pwned")
     marker.unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match=f"{file}: unreadable training state"):
-        train_tiny(tiny_dir, out, max_steps=3, resume_from_checkpoint=str(out / "checkpoint-2"), eval_levels=2)
+        _train(tiny_dir, out, resume_from_checkpoint=str(out / "checkpoint-2"))
     assert not marker.exists()
