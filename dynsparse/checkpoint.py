@@ -54,7 +54,10 @@ def save_checkpoint(model: ElasticModel, path: str | os.PathLike[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+        state = {
+            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in model.state_dict().items()
+        }  # fmt: skip  (the vocabulary map stays integer)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "dynsparse_format": str(FORMAT_VERSION)})
         model.hf_config.save_pretrained(tmp)
         if model.tokenizer is not None:
@@ -218,6 +221,7 @@ def _stored_elements(path: Path) -> int:
 def _check_sizes(path: Path, sizes: dict[str, Any], stored: int) -> None:
     """Each size a positive integer (token types may be 0) no larger than the number of elements the weights file
     holds, so a hostile config.json cannot ask for terabytes before the shapes are compared."""
+
     def fits(name: str, v: Any) -> bool:
         least = 0 if name == "type_vocab_size" else 1
         return isinstance(v, int) and not isinstance(v, bool) and least <= v <= stored
@@ -245,6 +249,12 @@ def _check_state(path: Path, model: ElasticModel, state: dict[str, torch.Tensor]
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {tuple(t.shape)}, {CONFIG} needs {tuple(want[name].shape)}"
             )
+        if t.dtype != want[name].dtype:  # the file's tensors are used as they are (assign=True)
+            raise CheckpointError(f"{path}: tensor {name} is {t.dtype}, expected {want[name].dtype}")
+    vocab_map = state.get("embeddings.vocab_map")
+    rows = want["embeddings.word.weight"].shape[0]
+    if vocab_map is not None and vocab_map.numel() and not 0 <= int(vocab_map.min()) <= int(vocab_map.max()) < rows:
+        raise CheckpointError(f"{path}: embeddings.vocab_map points outside the {rows} kept tokens")
 
 
 def _load_tokenizer(root: Path) -> Any:

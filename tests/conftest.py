@@ -38,7 +38,8 @@ def make_tokenizer(roberta_style: bool):  # noqa: ANN201
     cls, sep = named["cls_token"], named["sep_token"]
     ids = {t: i for i, t in enumerate(specials)}
     tok.post_processor = processors.TemplateProcessing(
-        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
         special_tokens=[(cls, ids[cls]), (sep, ids[sep])],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", mask_token="[MASK]", **named)
@@ -66,8 +67,15 @@ def make_tiny(
         XLMRobertaForSequenceClassification,  # fmt: skip
     )
 
-    common = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-              "max_position_embeddings": 128, "num_labels": num_labels, "vocab_size": 120}
+    common = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+        "num_labels": num_labels,
+        "vocab_size": 120,
+    }
     table = {
         "bert": (BertConfig, BertForSequenceClassification, {}),
         "roberta": (RobertaConfig, RobertaForSequenceClassification, {"pad_token_id": 1}),
@@ -117,8 +125,14 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def train_tiny(tiny_dir: Path, out: Path, family: str = "bert", **train_kwargs: object) -> Path:
     from dynsparse.recipe import run_training
 
-    targs: dict[str, object] = {"output_dir": str(out), "max_steps": 150, "per_device_train_batch_size": 16,
-                                "seed": 0, "learning_rate": 2e-3, "logging_steps": 10}
+    targs: dict[str, object] = {
+        "output_dir": str(out),
+        "max_steps": 150,
+        "per_device_train_batch_size": 16,
+        "seed": 0,
+        "learning_rate": 2e-3,
+        "logging_steps": 10,
+    }
     targs.update(train_kwargs)
     run_training(
         ModelArguments(model_name_or_path=str(tiny_dir / family)),
@@ -194,8 +208,9 @@ def train_task(tmp: Path, task: str, rows: tuple[list[dict[str, object]], list[d
         ModelArguments(str(model)),
         DataArguments(train_file=str(tr), validation_file=str(va), task=task, max_seq_length=max_len),
         SparsityArguments(),
-        TrainArguments(output_dir=str(tmp / "run"), max_steps=steps, per_device_train_batch_size=16,
-                       learning_rate=2e-3, seed=0),  # fmt: skip
+        TrainArguments(
+            output_dir=str(tmp / "run"), max_steps=steps, per_device_train_batch_size=16, learning_rate=2e-3, seed=0
+        ),  # fmt: skip
     )
 
 

@@ -135,9 +135,11 @@ def test_the_cli_refuses_in_one_line_with_exit_2(
     ckpt: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], command: str
 ) -> None:
     bad = _variant(ckpt, tmp_path / "c", "config.json", _put(vocab_size=10**10))
-    argv = {"export": ["export", str(bad), "--sparsity", "0.5", "--format", "torch", "--output", str(tmp_path / "x")],
-            "serve": ["serve", str(bad), "--port", "0"],
-            "evaluate": ["evaluate", str(bad), "--validation_file", "v.csv", "--output_dir", str(tmp_path / "e")]}
+    argv = {
+        "export": ["export", str(bad), "--sparsity", "0.5", "--format", "torch", "--output", str(tmp_path / "x")],
+        "serve": ["serve", str(bad), "--port", "0"],
+        "evaluate": ["evaluate", str(bad), "--validation_file", "v.csv", "--output_dir", str(tmp_path / "e")],
+    }
     assert main(argv[command]) == 2
     err = capfd.readouterr().err
     assert "config.json: sizes must be positive integers" in err and "Traceback" not in err, err

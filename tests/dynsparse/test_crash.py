@@ -97,8 +97,16 @@ def _reference(tiny_dir: Path, out: Path) -> dict[str, torch.Tensor]:
             ModelArguments(model_name_or_path=str(tiny_dir / "bert")),
             DataArguments(train_file=str(tiny_dir / "train.csv")),
             SparsityArguments(),
-            TrainArguments(output_dir=str(out), max_steps=STEPS, save_steps=SAVE, per_device_train_batch_size=BATCH,
-                           learning_rate=LR, seed=0, logging_steps=1, eval_levels=2),  # fmt: skip
+            TrainArguments(
+                output_dir=str(out),
+                max_steps=STEPS,
+                save_steps=SAVE,
+                per_device_train_batch_size=BATCH,
+                learning_rate=LR,
+                seed=0,
+                logging_steps=1,
+                eval_levels=2,
+            ),  # fmt: skip
         )
     finally:
         torch.set_num_threads(threads)

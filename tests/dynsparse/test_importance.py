@@ -29,6 +29,7 @@ def test_taylor_matches_the_loss_change_of_removing_a_unit(tiny_dir: Path) -> No
     scorer.update(hg, ng)
     eps = 1e-3
     with torch.no_grad():
+
         def loss_at(m: float) -> float:
             gate = torch.ones(2, 4)
             gate[0, 2] = m

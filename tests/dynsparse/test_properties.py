@@ -130,7 +130,8 @@ def test_accounting_counts_the_weights_the_slice_reads(tiny_bert: dynsparse.Elas
         rows[s] = costs = level_costs(shape, structure, 16)
         assert costs["params_encoder"] == _sliced_elements(model, structure)
         assert costs["params"] == costs["params_encoder"] + costs["params_embeddings"] + sum(
-            p.numel() for p in model.head.parameters())
+            p.numel() for p in model.head.parameters()
+        )
         removed = costs["prunable_removed"]
         if allocation == "uniform":  # per layer, heads and neurons each rounded to the nearest unit (at least 1)
             assert abs(removed - s) <= 1 / shape.heads + 1e-4

@@ -48,6 +48,10 @@ def test_prune_vocab_command_writes_a_loadable_smaller_checkpoint(tiny_ckpt: Pat
     assert "kept" in r.stdout and "of 120 tokens" in r.stdout
     model = dynsparse.load(str(out))
     assert model.embeddings.word.num_embeddings == model.meta["vocabulary"]["kept"] < 120
+    full = dynsparse.load(str(tiny_ckpt))
+    enc = full.tokenizer(["w1 w2 w3", "w4 w5"], padding=True, return_tensors="pt")
+    with torch.no_grad():  # the reloaded checkpoint answers its corpus as the original does
+        assert torch.allclose(model(**enc, sparsity=0.5).logits, full(**enc, sparsity=0.5).logits, atol=1e-6)
     assert (out / "model.safetensors").stat().st_size < (tiny_ckpt / "model.safetensors").stat().st_size
     cmd = [sys.executable, "-m", "dynsparse.cli", "prune-vocab", str(tiny_ckpt), "--data", str(corpus), "--output_dir"]
     again = subprocess.run([*cmd, str(out)], capture_output=True, text=True, timeout=300)

@@ -43,6 +43,7 @@ def _rss_mb() -> float:
 
 def _body(rng: random.Random) -> dict[str, Any]:
     """1 to 8 texts (some pairs) and a size: a sparsity, a named size, a latency budget or the default."""
+
     def text() -> str:
         return " ".join(rng.choices(WORDS, k=rng.randrange(1, 30)))
 
