@@ -27,9 +27,11 @@ def used_tokens(tokenizer: object, texts: Iterable[str | list[str]], batch: int 
     def flush() -> None:
         words = [t for t in chunk if isinstance(t, list)]
         plain = [t for t in chunk if isinstance(t, str)]
-        for ids in tokenizer(plain)["input_ids"] if plain else []:  # type: ignore[operator]
+        # verbose=False: counting tokens of long texts is fine, transformers' "longer than the maximum" warning is not
+        for ids in tokenizer(plain, verbose=False)["input_ids"] if plain else []:  # type: ignore[operator]
             keep.update(ids)
-        for ids in tokenizer(words, is_split_into_words=True)["input_ids"] if words else []:  # type: ignore[operator]
+        split = tokenizer(words, is_split_into_words=True, verbose=False) if words else {"input_ids": []}  # type: ignore[operator]
+        for ids in split["input_ids"]:
             keep.update(ids)
         chunk.clear()
 
