@@ -1,6 +1,8 @@
 """Logging for the commands: concise INFO lines on the console (kept clear of progress bars), DEBUG to a file."""
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -34,9 +36,17 @@ def set_console_level(level: int) -> None:
             handler.setLevel(level)
 
 
-def add_file_log(path: Path) -> None:
-    """Also log everything (DEBUG) to `path`, e.g. OUTPUT_DIR/train.log."""
+@contextmanager
+def file_log(path: Path) -> Iterator[None]:
+    """Also log everything (DEBUG) to `path`, e.g. OUTPUT_DIR/train.log, until the block ends (so a second run in
+    the same process does not write into the first run's log)."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(_FORMAT))
     handler.setLevel(logging.DEBUG)
-    logging.getLogger().addHandler(handler)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

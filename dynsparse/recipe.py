@@ -10,6 +10,7 @@ Under torchrun every process runs this recipe: each trains on its shard of every
 import logging
 import os
 import platform
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,13 @@ def run_training(
     Rank 0 evaluates the levels after the process group is closed, so the other ranks exit when training
     ends and a long evaluation cannot time out their collectives.
     """
-    world = world or World()
+    with ExitStack() as logs:  # the run's train.log handler is removed when the run ends
+        return _run_training(m, d, sp, t, world or World(), logs)
+
+
+def _run_training(
+    m: ModelArguments, d: DataArguments, sp: SparsityArguments, t: TrainArguments, world: World, logs: ExitStack
+) -> Path:
     with process_group(world, resolve_device(t.device, world)):
         with main_first(world):  # rank 0 fills the download and dataset caches, the others read them
             m, d = resolve_defaults(m, d)
@@ -127,9 +134,9 @@ def run_training(
             s = setup(m, d, sp)
         out = prepare_output_dir(t, write=world.is_main)
         if world.is_main:
-            from dynsparse.cli_logging import add_file_log
+            from dynsparse.cli_logging import file_log
 
-            add_file_log(out / "train.log")
+            logs.enter_context(file_log(out / "train.log"))
         log.info("training %s on %s (%d examples, labels %s, %d processes)", m.model_name_or_path, d.train_file,
                  len(s.train_ds), s.model.meta["labels"], world.size)  # fmt: skip
         trainer = Trainer(s.model, s.task, s.train_ds, s.eval_ds, t, sp, s.teacher, world)

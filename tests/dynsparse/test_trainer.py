@@ -79,3 +79,22 @@ def test_fixed_teacher_and_overwrite(tiny_dir: Path, tmp_path: Path) -> None:
         train()
     train(overwrite_output_dir=True)
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 3  # a fresh log, not appended
+
+
+def test_each_run_logs_only_to_its_own_train_log(tiny_dir: Path, tmp_path: Path) -> None:
+    """Two runs in one process: the first run's train.log does not receive the second run's records."""
+    import logging
+
+    from conftest import train_tiny
+
+    root = logging.getLogger()
+    handlers, level = len(root.handlers), root.level
+    root.setLevel(logging.INFO)  # as the commands set it
+    try:
+        first = train_tiny(tiny_dir, tmp_path / "first", max_steps=2)
+        size = (first / "train.log").stat().st_size
+        train_tiny(tiny_dir, tmp_path / "second", max_steps=2)
+    finally:
+        root.setLevel(level)
+    assert size > 0 and (first / "train.log").stat().st_size == size
+    assert (tmp_path / "second" / "train.log").stat().st_size > 0 and len(root.handlers) == handlers
