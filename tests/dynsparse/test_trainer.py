@@ -85,8 +85,6 @@ def test_each_run_logs_only_to_its_own_train_log(tiny_dir: Path, tmp_path: Path)
     """Two runs in one process: the first run's train.log does not receive the second run's records."""
     import logging
 
-    from conftest import train_tiny
-
     root = logging.getLogger()
     handlers, level = len(root.handlers), root.level
     root.setLevel(logging.INFO)  # as the commands set it
