@@ -159,7 +159,8 @@ async def _slow(live: Live, ledger: Ledger, done: asyncio.Event) -> None:
     status, payload, headers = await _raw(live, head, [data[i : i + step] for i in range(0, len(data), step)],
                                           pause=0.1, read=True)  # fmt: skip
     ledger.record(body, status, payload, headers, (time.perf_counter() - t0) * 1000)
-    ledger.outcomes["slow client answered"] += status == 200
+    # answered, or a clean 429 when the mixed traffic had filled the queue of 8 as its body arrived
+    ledger.outcomes["slow client answered or refused cleanly"] += status in (200, 429)
     ledger.outcomes["answered meanwhile"] += len(ledger.answered) - answered - (status == 200)
     done.set()
 
@@ -206,7 +207,7 @@ def test_soak_answers_correctly_or_cleanly_and_recovers(soaked: Live, reference:
     wrong = [(body, data) for body, data in ledger.answered if not _agrees(reference, body, data)]
     assert not wrong, wrong[:3]
     out = ledger.outcomes
-    assert out["200"] >= MIXED // 2 and out["429"] > 0 and out["slow client answered"] == 1, out
+    assert out["200"] >= MIXED // 2 and out["429"] > 0 and out["slow client answered or refused cleanly"] == 1, out
     assert out["answered meanwhile"] >= 10, out  # the slow upload held up no one
     assert rss_after - rss_before < 64, f"RSS {rss_before:.0f} -> {rss_after:.0f} MB"
 
