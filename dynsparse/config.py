@@ -10,7 +10,8 @@ from typing import Literal
 
 Allocation = Literal["uniform", "global"]
 ImportanceMethod = Literal["taylor", "learned", "magnitude", "natural"]
-Mode = Literal["once-for-all", "one-shot"]
+Mode = Literal["once-for-all", "one-shot", "fine-tune"]
+LayerOrder = Literal["every-other", "top", "taylor"]
 TASKS = ("text-classification", "token-classification", "question-answering", "feature-extraction")
 
 
@@ -61,7 +62,17 @@ class SparsityArguments:
     )
     mode: Mode = field(
         default="once-for-all",
-        metadata={"help": "one-shot: only order the units of a fine-tuned model (the baseline), no weight updates"},
+        metadata={
+            "help": "one-shot: only order the units of a fine-tuned model, no weight updates; fine-tune: plain "
+            "dense fine-tuning, units ordered at the end (both are baselines)"
+        },
+    )
+    min_depth: int = field(
+        default=0, metadata={"help": "elastic depth: also train depths down to this many layers (0: all layers)"}
+    )
+    layer_order: LayerOrder = field(
+        default="every-other",
+        metadata={"help": "which layers depth drops first: every-other (DynaBERT), top, or taylor (gate importance)"},
     )
     importance_ratio: float = field(
         default=0.1, metadata={"help": "share of steps that train dense and estimate importance before rewiring"}
@@ -80,6 +91,10 @@ class SparsityArguments:
             raise ValueError(f"--importance_ratio must be in [0, 1), got {self.importance_ratio}")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"--distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.min_depth < 0:
+            raise ValueError(f"--min_depth must be >= 0 (0: depth not elastic), got {self.min_depth}")
+        if self.layer_order == "taylor" and self.importance not in ("taylor", "learned"):
+            raise ValueError("--layer_order taylor needs --importance taylor or learned (an importance phase)")
         if self.distill_temperature <= 0:
             raise ValueError(f"--distill_temperature must be > 0, got {self.distill_temperature}")
 

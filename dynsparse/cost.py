@@ -26,8 +26,9 @@ def embedding_params(shape: EncoderShape) -> int:
 
 
 def encoder_params(shape: EncoderShape, structure: Structure) -> int:
-    """Transformer layers only: prunable units plus the output biases and LayerNorms that always stay."""
-    return prunable_params(shape, structure) + 6 * shape.hidden * len(structure)
+    """Transformer layers only: prunable units plus the output biases and LayerNorms of every layer kept."""
+    layers = sum(1 for h, n in structure if h or n)  # a layer dropped by depth is (0, 0)
+    return prunable_params(shape, structure) + 6 * shape.hidden * layers
 
 
 def classifier_params(shape: EncoderShape) -> int:

@@ -135,19 +135,21 @@ def gather_objects(world: World, obj: Any) -> list[Any]:
     return out
 
 
-def wrap_model(model: nn.Module, world: World, device: torch.device) -> nn.Module:
+def wrap_model(model: nn.Module, world: World, device: torch.device, skips_layers: bool = False) -> nn.Module:
     """`DistributedDataParallel` around `model` for training forwards (the model itself for a world of one).
 
     The wrapper all-reduces gradients in backward. It keeps the model's own parameters, so prefix slices,
     in-place rewiring and optimizer state all stay valid; callers keep using `model` for everything but the
     training forward (sizes, evaluation, saving). Every sliced forward still reaches every parameter (the
-    rows past a prefix get zero gradient), so `find_unused_parameters` is not needed.
+    rows past a prefix get zero gradient), so `find_unused_parameters` is not needed, unless elastic depth
+    (`skips_layers`) leaves whole layers out of a forward.
     """
     if not world.distributed:
         return model
     # Buffers (the importance scores) keep DDP's default sync from rank 0: every rank sets them identically
     # anyway, they are small, and the flag to turn it off is named differently across torch versions.
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=skips_layers)
 
 
 def sync_gradients(model: nn.Module, sync: bool) -> AbstractContextManager[Any]:

@@ -27,13 +27,28 @@ def default_levels(max_sparsity: float, step: float = 0.1) -> list[float]:
     return levels if abs(levels[-1] - max_sparsity) < 1e-6 else [*levels, round(max_sparsity, 4)]
 
 
+def depth_grid(model: ElasticModel) -> list[int]:
+    """All layers; for a checkpoint trained with elastic depth, depths from all layers down to its minimum."""
+    layers, least = model.shape.layers, model.meta.get("depth", {}).get("min_layers")
+    if not isinstance(least, int) or not 1 <= least < layers:
+        return [layers]
+    step = max(1, -(-(layers - least) // 3))  # at most four depths: the table stays readable
+    return sorted({*range(layers, least, -step), least}, reverse=True)
+
+
 def make_loader(ds: Dataset, tokenizer: Any, batch_size: int, task: Task) -> DataLoader[Any]:
     return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=task.collator(tokenizer))
 
 
 @torch.inference_mode()
 def predict_levels(
-    model: ElasticModel, task: Task, ds: Dataset, levels: list[float], batch_size: int = 64, progress: bool = True
+    model: ElasticModel,
+    task: Task,
+    ds: Dataset,
+    levels: list[float],
+    batch_size: int = 64,
+    progress: bool = True,
+    depth: int | None = None,
 ) -> dict[float, list[Any]]:
     """Every level's predictions over `ds` in one pass over the data: {s: one `task.gather` entry per row}."""
     device = next(model.parameters()).device
@@ -43,7 +58,7 @@ def predict_levels(
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels", None)
         for s in levels:
-            preds[s].extend(task.gather(model(**batch, sparsity=s).logits, labels))
+            preds[s].extend(task.gather(model(**batch, sparsity=s, depth=depth).logits, labels))
     return preds
 
 
@@ -75,32 +90,46 @@ def score_levels(task: Task, preds: dict[float, list[Any]], ds: Dataset) -> dict
 
 def evaluate_levels(
     model: ElasticModel, task: Task, ds: Dataset | None, levels: list[float], latency_batch: int = 8,
-    latency_seq_len: int = 128, progress: bool = True, batch_size: int = 64,
+    latency_seq_len: int = 128, progress: bool = True, batch_size: int = 64, depths: list[int] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """The level table: one row per sparsity with costs, task metrics (when data is given) and latency."""
+    """The level table: one row per sparsity (per depth, deepest first, when `depths` are given) with costs,
+    task metrics (when data is given) and latency."""
     model.eval()
-    metrics: dict[float, dict[str, Any]] = {}
-    if ds is not None:
-        metrics = score_levels(task, predict_levels(model, task, ds, levels, batch_size, progress), ds)
     rows = []
-    for s in tqdm(levels, desc="measuring latency", disable=not progress, unit="level"):
-        structure = model.structure(s)
-        row: dict[str, Any] = {"sparsity": s, **model.costs(s, latency_seq_len)}
-        row.update(metrics.get(s, {}))
-        row["latency_ms"] = round(measure_latency(model, s, latency_batch, latency_seq_len), 3)
-        row["heads"] = sum(h for h, _ in structure)
-        row["neurons"] = sum(n for _, n in structure)
-        rows.append(row)
+    for depth in sorted(depths or [model.shape.layers], reverse=True):
+        rows.extend(_depth_rows(model, task, ds, levels, latency_batch, latency_seq_len, progress, batch_size, depth))
     dense = rows[0]["latency_ms"]
     for row in rows:
         row["speedup"] = round(dense / row["latency_ms"], 3)
     return rows
 
 
+def _depth_rows(
+    model: ElasticModel, task: Task, ds: Dataset | None, levels: list[float], latency_batch: int,
+    latency_seq_len: int, progress: bool, batch_size: int, depth: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    d = model.check_depth(depth)
+    metrics: dict[float, dict[str, Any]] = {}
+    if ds is not None:
+        metrics = score_levels(task, predict_levels(model, task, ds, levels, batch_size, progress, d), ds)
+    rows = []
+    for s in tqdm(levels, desc="measuring latency", disable=not progress, unit="level"):
+        structure = model.structure(s, d)
+        row: dict[str, Any] = {"sparsity": s, "depth": depth, **model.costs(s, latency_seq_len, d)}
+        row.update(metrics.get(s, {}))
+        row["latency_ms"] = round(measure_latency(model, s, latency_batch, latency_seq_len, depth=d), 3)
+        row["heads"] = sum(h for h, _ in structure)
+        row["neurons"] = sum(n for _, n in structure)
+        rows.append(row)
+    return rows
+
+
 def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
-    cols = ["sparsity", *([metric] if metric else []), "f1", "params", "params_encoder", "flops", "latency_ms",
-            "speedup"]  # fmt: skip
+    cols = ["depth", "sparsity", *([metric] if metric else []), "f1", "params", "params_encoder", "flops",
+            "latency_ms", "speedup"]  # fmt: skip
     cols = [c for i, c in enumerate(cols) if c in rows[0] and c not in cols[:i]]
+    if len({r.get("depth") for r in rows}) < 2:
+        cols = [c for c in cols if c != "depth"]
     fmt = {"params": "{:,}", "params_encoder": "{:,}", "flops": "{:.3g}"}
     lines = ["  ".join(f"{c:>14}" for c in cols)]
     for r in rows:
@@ -110,6 +139,7 @@ def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
 
 def format_languages(rows: list[dict[str, Any]], metric: str) -> str:
     """Language x sparsity table of `metric`, with the average over languages as the last line."""
+    rows = _full_depth(rows)
     langs = list(rows[0]["by_language"])
     lines = [f"{metric + ' by language':>24}" + "".join(f"{r['sparsity']:>8}" for r in rows)]
     for lang in langs:
@@ -125,6 +155,7 @@ def plot_languages(rows: list[dict[str, Any]], metric: str, path: Path, title: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = _full_depth(rows)
     langs = list(rows[0]["by_language"])
     grid = [[r["by_language"][lang][metric] for r in rows] for lang in langs]
     grid.append([r["language_average"][metric] for r in rows])
@@ -151,20 +182,39 @@ def plot_levels(rows: list[dict[str, Any]], metric: str | None, path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = [r["sparsity"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    if metric and metric in rows[0]:
-        ax.plot(s, [r[metric] for r in rows], "o-", color="tab:blue", label=metric)
-        ax.set_ylabel(metric, color="tab:blue")
-    ax.set_xlabel("sparsity (fraction of prunable encoder parameters removed)")
     lat = ax.twinx()
-    lat.plot(s, [r["latency_ms"] for r in rows], "s--", color="tab:red", label="latency")
+    by_depth = _by_depth(rows)
+    for k, (depth, part) in enumerate(by_depth.items()):
+        s, tag = [r["sparsity"] for r in part], f" ({depth} layers)" if len(by_depth) > 1 else ""
+        alpha = 1.0 - 0.6 * k / max(len(by_depth) - 1, 1)  # deeper: darker
+        if metric and metric in part[0]:
+            ax.plot(s, [r[metric] for r in part], "o-", color="tab:blue", alpha=alpha, label=metric + tag)
+        lat.plot(s, [r["latency_ms"] for r in part], "s--", color="tab:red", alpha=alpha, label="latency" + tag)
+    if metric and metric in rows[0]:
+        ax.set_ylabel(metric, color="tab:blue")
+    if len(by_depth) > 1:
+        handles = ax.get_legend_handles_labels()[0] + lat.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, fontsize=7, loc="lower left")
+    ax.set_xlabel("sparsity (fraction of prunable encoder parameters removed)")
     lat.set_ylabel("latency (ms)", color="tab:red")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _by_depth(rows: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r.get("depth"), []).append(r)
+    return groups
+
+
+def _full_depth(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the first (deepest) depth: per-language views show the width curve."""
+    return next(iter(_by_depth(rows).values()))
 
 
 def write_levels(rows: list[dict[str, Any]], out_dir: Path, metric: str | None, info: dict[str, Any]) -> None:

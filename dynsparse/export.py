@@ -55,12 +55,13 @@ class FixedSizeModel(nn.Module):
 
     def __init__(self, model: ElasticModel, structure: Structure) -> None:
         super().__init__()
-        self.structure = structure
         self.embeddings = copy.deepcopy(model.embeddings)
         layers = cast(list[ElasticLayer], list(model.layers))  # ModuleList iterates as plain Modules
+        self.structure = tuple(hn for hn in structure if hn != (0, 0))  # layers dropped by depth are left out
         self.layers = nn.ModuleList(
             _slice_layer(layer, heads, neurons) for layer, (heads, neurons) in zip(layers, structure, strict=True)
-        )
+            if (heads, neurons) != (0, 0)
+        )  # fmt: skip
         self.head = copy.deepcopy(model.head)
         self.input_names = ["input_ids", "attention_mask"]
         if self.embeddings.token_type is not None and _tokenizer_gives_types(model.tokenizer):
@@ -74,8 +75,9 @@ class FixedSizeModel(nn.Module):
         return self.head(x)  # (B, C)
 
 
-def fixed_size(model: ElasticModel, sparsity: float) -> FixedSizeModel:
-    """A standalone copy of `model` at `sparsity` with really smaller weights; `model` is left untouched.
+def fixed_size(model: ElasticModel, sparsity: float, depth: int | None = None) -> FixedSizeModel:
+    """A standalone copy of `model` at `sparsity` (and `depth` layers) with really smaller weights; `model` is
+    left untouched.
 
     Example:
         >>> small = fixed_size(dynsparse.load("runs/sst2"), 0.5)
@@ -85,7 +87,7 @@ def fixed_size(model: ElasticModel, sparsity: float) -> FixedSizeModel:
         InputError: `sparsity` is not in [0, 1).
     """
     check_sparsity(sparsity)
-    return FixedSizeModel(model, model.structure(sparsity)).eval().requires_grad_(False)
+    return FixedSizeModel(model, model.structure(sparsity, depth)).eval().requires_grad_(False)
 
 
 def _tokenizer_gives_types(tokenizer: Any) -> bool:
@@ -104,7 +106,9 @@ def _slice_layer(layer: ElasticLayer, heads: int, neurons: int) -> ElasticLayer:
     return copy.deepcopy(layer, memo)
 
 
-def export(model: ElasticModel, sparsity: float, path: str | os.PathLike[str], fmt: str = "onnx") -> Path:
+def export(
+    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], fmt: str = "onnx", depth: int | None = None
+) -> Path:
     """Write `model` at `sparsity` as a standalone export directory at `path`; see the module doc.
 
     Example:
@@ -116,21 +120,22 @@ def export(model: ElasticModel, sparsity: float, path: str | os.PathLike[str], f
         sparsity: the size to export, in [0, 1).
         path: the output directory, created if missing; files of the same names are replaced.
         fmt: "onnx" or "torch" (TorchScript).
+        depth: keep only this many layers (the checkpoint's depth order); default all.
 
     Returns:
         The path of the model file.
 
     Raises:
-        InputError: a bad sparsity or format, the ONNX packages missing, or `path` not writable.
+        InputError: a bad sparsity, depth or format, the ONNX packages missing, or `path` not writable.
     """
     if fmt == "onnx":
-        return export_onnx(model, sparsity, path)
+        return export_onnx(model, sparsity, path, depth)
     if fmt == "torch":
-        return export_torch(model, sparsity, path)
+        return export_torch(model, sparsity, path, depth)
     raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def export_onnx(model: ElasticModel, sparsity: float, path: str | os.PathLike[str]) -> Path:
+def export_onnx(model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None) -> Path:
     """Export `model` at `sparsity` as ONNX (opset 18, dynamic batch and sequence) into directory `path`.
 
     Raises:
@@ -139,20 +144,20 @@ def export_onnx(model: ElasticModel, sparsity: float, path: str | os.PathLike[st
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(f"ONNX export needs {' and '.join(missing)}: {EXTRA}")
-    fixed = fixed_size(model, sparsity).to("cpu", torch.float32)
+    fixed = fixed_size(model, sparsity, depth).to("cpu", torch.float32)
     with _staging(path) as tmp:
         _save_onnx(fixed, tmp / FILES["onnx"], _describe(model, fixed, sparsity, "onnx"))
         _save_sidecar(model, fixed, sparsity, "onnx", tmp)
     return Path(path) / FILES["onnx"]
 
 
-def export_torch(model: ElasticModel, sparsity: float, path: str | os.PathLike[str]) -> Path:
+def export_torch(model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None) -> Path:
     """Export `model` at `sparsity` as TorchScript (`model.pt`, for `torch.jit.load`) into directory `path`.
 
     Raises:
         InputError: a bad sparsity, or `path` not writable.
     """
-    fixed = fixed_size(model, sparsity).to("cpu", torch.float32)
+    fixed = fixed_size(model, sparsity, depth).to("cpu", torch.float32)
     with _staging(path) as tmp:
         # TorchScript is deprecated in favour of torch.export, but it is what libtorch (C++) and
         # `torch.jit.load` read without the defining code; tracing records shapes symbolically.
@@ -232,7 +237,8 @@ def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, f
         "format": fmt,
         "file": FILES[fmt],
         "sparsity": float(sparsity),
-        "structure": [list(hn) for hn in fixed.structure],  # per layer: [heads, neurons]
+        "structure": [list(hn) for hn in fixed.structure],  # per layer kept: [heads, neurons]
+        "layers": len(fixed.structure),
         "params": sum(p.numel() for p in fixed.parameters()),
         "labels": _labels(model),
         "task": model.meta.get("task", "text-classification"),

@@ -141,30 +141,54 @@ class ElasticModel(nn.Module):
         # (a descending ramp) until training or `rewire` sets real scores.
         self.register_buffer("head_scores", torch.linspace(1, 0, shape.heads).repeat(shape.layers, 1))  # (L, H)
         self.register_buffer("neuron_scores", torch.linspace(1, 0, shape.intermediate).repeat(shape.layers, 1))
-        self._structures: dict[float, Structure] = {}
+        self._structures: dict[tuple[float, int | None], Structure] = {}
         self._ranking: GlobalRanking | None = None
+        # Depth: layers ranked most important first; depth d keeps the first d of them (nested like width).
+        self.layer_order: list[int] = list(self.meta.get("depth", {}).get("order") or every_other(shape.layers))
 
     # -- sizes -------------------------------------------------------------------------------------
-    def structure(self, sparsity: float) -> Structure:
-        """Per layer, the (heads, neurons) kept at `sparsity`; nested: a larger s keeps a subset."""
+    def structure(self, sparsity: float, depth: int | None = None) -> Structure:
+        """Per layer, the (heads, neurons) kept at `sparsity`, and with `depth` only that many layers (the
+        others are (0, 0): skipped). Nested in both: a larger s or a smaller depth keeps a subset."""
         check_sparsity(sparsity)
-        if sparsity not in self._structures:
+        depth = self.check_depth(depth)
+        key = (sparsity, depth)
+        if key not in self._structures:
             if len(self._structures) >= 4096:  # requests may ask any float: keep the cache bounded
                 self._structures.clear()
-            if self.allocation == "global":
-                self._ranking = self._ranking or rank_globally(
-                    self.head_scores.cpu(), self.neuron_scores.cpu(), head_cost(self.shape), neuron_cost(self.shape)
-                )
-                self._structures[sparsity] = global_structure(sparsity, self._ranking)
-            else:
-                s = self.shape
-                self._structures[sparsity] = uniform_structure(sparsity, s.layers, s.heads, s.intermediate)
-        return self._structures[sparsity]
+            self._structures[key] = drop_layers(self._width(sparsity), self.layer_order, depth)
+        return self._structures[key]
 
-    def costs(self, sparsity: float, seq_len: int) -> dict[str, float]:
-        """Parameters (with and without embeddings) and FLOPs per sequence of `seq_len` tokens at `sparsity`."""
+    def _width(self, sparsity: float) -> Structure:
+        if self.allocation == "global":
+            self._ranking = self._ranking or rank_globally(
+                self.head_scores.cpu(), self.neuron_scores.cpu(), head_cost(self.shape), neuron_cost(self.shape)
+            )
+            return global_structure(sparsity, self._ranking)
+        s = self.shape
+        return uniform_structure(sparsity, s.layers, s.heads, s.intermediate)
+
+    def check_depth(self, depth: int | None) -> int | None:
+        """`depth` as a layer count, None for all layers; an `InputError` outside 1 ... layers."""
+        layers = self.shape.layers
+        if depth is None or depth == layers:
+            return None
+        if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= layers:
+            raise InputError(f"depth must be a whole number of layers from 1 to {layers}, got {depth!r}")
+        return depth
+
+    def set_layer_order(self, order: list[int], rule: str) -> None:
+        """Fix the order in which depth drops layers (most important first); recorded in the checkpoint."""
+        if sorted(order) != list(range(self.shape.layers)):
+            raise ValueError(f"a layer order must rank each of the {self.shape.layers} layers once, got {order}")
+        self.layer_order = list(order)
+        self.meta["depth"] = {**self.meta.get("depth", {}), "order": self.layer_order, "rule": rule}
+        self._structures.clear()
+
+    def costs(self, sparsity: float, seq_len: int, depth: int | None = None) -> dict[str, float]:
+        """Parameters (with and without embeddings) and FLOPs per sequence of `seq_len` tokens at a size."""
         head, shape = self.head, replace(self.shape, vocab_size=self.embeddings.word.num_embeddings)
-        return level_costs(shape, self.structure(sparsity), seq_len, head_params(head), head.flops(seq_len))
+        return level_costs(shape, self.structure(sparsity, depth), seq_len, head_params(head), head.flops(seq_len))
 
     def set_scores(self, head_scores: Tensor, neuron_scores: Tensor) -> None:
         """Record the (already sorted) importance that fixes the ordering; forgets cached structures."""
@@ -181,31 +205,38 @@ class ElasticModel(nn.Module):
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
         sparsity: float = 0.0, structure: Structure | None = None,
-        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None,
+        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
+        layer_mask: Tensor | None = None,
     ) -> EncoderOutput:  # fmt: skip
-        """Run at `sparsity` (or an explicit `structure`); `head_mask` (L, H) / `neuron_mask` (L, F)
-        instead scale units of the full-width model (the masked forward used for importance and tests)."""
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, structure, head_mask, neuron_mask)
+        """Run at `sparsity` and `depth` (or an explicit `structure`); `head_mask` (L, H) / `neuron_mask` (L, F) /
+        `layer_mask` (L,) instead scale units or whole layers' residual branches of the full model (the masked
+        forward used for importance and tests)."""
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, structure, head_mask, neuron_mask,
+                             depth, layer_mask)  # fmt: skip
         return EncoderOutput(logits=self.head(hidden, attention_mask), last_hidden_state=hidden)
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
         sparsity: float = 0.0, structure: Structure | None = None,
-        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None,
+        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
+        layer_mask: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """The last hidden states (B, T, H) at a size."""
         if input_ids.ndim != 2 or input_ids.shape[0] == 0:
             raise InputError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
         if structure is None:
-            structure = self.structure(sparsity)
+            structure = self.structure(sparsity, depth)
         mask = None
         if attention_mask is not None:
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         for i, (layer, (heads, neurons)) in enumerate(zip(self.layers, structure, strict=True)):
+            if heads == 0 and neurons == 0:  # dropped by depth: the layer is skipped
+                continue
             hg = head_mask[i] if head_mask is not None else None
             ng = neuron_mask[i] if neuron_mask is not None else None
-            x = layer(x, mask, heads, neurons, hg, ng)
+            y = layer(x, mask, heads, neurons, hg, ng)
+            x = y if layer_mask is None else x + layer_mask[i] * (y - x)  # gate 0 is the layer dropped
         return x
 
     def save(self, path: str) -> None:
@@ -213,6 +244,20 @@ class ElasticModel(nn.Module):
         from dynsparse.checkpoint import save_checkpoint
 
         save_checkpoint(self, path)
+
+
+def every_other(layers: int) -> list[int]:
+    """The fixed depth order of DynaBERT and LayerDrop: even layers rank first, so half the depth keeps every other
+    layer; odd layers drop from the top down, then even ones."""
+    return [*range(0, layers, 2), *range(1, layers, 2)]
+
+
+def drop_layers(structure: Structure, order: list[int], depth: int | None) -> Structure:
+    """`structure` with the layers outside the first `depth` of `order` set to (0, 0)."""
+    if depth is None:
+        return structure
+    kept = set(order[:depth])
+    return tuple(hn if i in kept else (0, 0) for i, hn in enumerate(structure))
 
 
 def check_sparsity(sparsity: float) -> None:

@@ -18,21 +18,21 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def measure_latency(
     model: ElasticModel, sparsity: float, batch: int, seq_len: int, min_repeats: int = 5, min_seconds: float = 0.3,
-    warmup: int = 2,
+    warmup: int = 2, depth: int | None = None,
 ) -> float:  # fmt: skip
-    """Median wall time (ms) of one forward at `sparsity` on random tokens of shape (batch, seq_len)."""
+    """Median wall time (ms) of one forward at `sparsity` (and `depth`) on random tokens of shape (batch, seq_len)."""
     device = next(model.parameters()).device
     seq_len = min(seq_len, model.shape.max_positions - 2)  # RoBERTa positions start at pad + 1
     ids = torch.randint(5, model.shape.vocab_size, (batch, seq_len), device=device)
     mask = torch.ones_like(ids)
     for _ in range(warmup):
-        model(input_ids=ids, attention_mask=mask, sparsity=sparsity)
+        model(input_ids=ids, attention_mask=mask, sparsity=sparsity, depth=depth)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
         _sync(device)
         t0 = time.perf_counter()
-        model(input_ids=ids, attention_mask=mask, sparsity=sparsity)
+        model(input_ids=ids, attention_mask=mask, sparsity=sparsity, depth=depth)
         _sync(device)
         times.append((time.perf_counter() - t0) * 1000)
         if len(times) >= 200:

@@ -26,6 +26,7 @@ from dynsparse.evaluate import (
     LATENCY_BATCH,
     LATENCY_SEQ_LEN,
     default_levels,
+    depth_grid,
     evaluate_levels,
     write_levels,
 )
@@ -151,10 +152,11 @@ def _run_training(
     if sp.min_sparsity > 0:
         levels = [x for x in levels if x >= sp.min_sparsity] or [sp.min_sparsity]
     rows = evaluate_levels(model, s.task, s.eval_ds, levels, LATENCY_BATCH, LATENCY_SEQ_LEN,
-                           batch_size=t.per_device_eval_batch_size)  # fmt: skip
+                           batch_size=t.per_device_eval_batch_size, depths=depth_grid(model))  # fmt: skip
     info = level_info(model, m.model_name_or_path or "", trainer.device, LATENCY_BATCH, LATENCY_SEQ_LEN)
+    full = [r for r in rows if r["depth"] == model.shape.layers]  # the served size table is the width axis
     model.meta.update(
-        sparsity_range=[sp.min_sparsity, sp.max_sparsity], levels=rows, level_info=info,
+        sparsity_range=[sp.min_sparsity, sp.max_sparsity], levels=full, level_info=info,
         training={**summary, "args": {**asdict(m), **asdict(d), **asdict(sp), **asdict(t)}},
     )  # fmt: skip
     model.save(str(out))

@@ -17,6 +17,16 @@ def sample_sizes(step: int, seed: int, min_sparsity: float, max_sparsity: float,
     return [min_sparsity, max_sparsity, *(round(float(s), 4) for s in rand)]
 
 
+def sample_depths(step: int, seed: int, min_depth: int, layers: int, count: int) -> list[int | None]:
+    """A depth per sampled size: all layers with the densest, `min_depth` with the smallest, random ones between
+    (None everywhere when depth is not elastic)."""
+    if not 0 < min_depth < layers:
+        return [None] * count
+    g = torch.Generator().manual_seed(seed * 7_000_003 + step)
+    rand = torch.randint(min_depth, layers + 1, (max(count - 2, 0),), generator=g)
+    return [None, min_depth, *(None if int(d) == layers else int(d) for d in rand)]
+
+
 def batch_indices(micro_step: int, seed: int, num_examples: int, batch_size: int) -> Tensor:
     """Example indices of a global micro-step: a fresh seeded permutation per epoch, last batch kept."""
     per_epoch = math.ceil(num_examples / batch_size)

@@ -26,11 +26,12 @@ from tqdm.auto import tqdm
 
 from dynsparse.config import SparsityArguments, TrainArguments
 from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
+from dynsparse.errors import InputError
 from dynsparse.evaluate import predict_levels
 from dynsparse.importance import LearnedScorer, Scorer, TaylorScorer, magnitude_scores
-from dynsparse.modeling import ElasticModel
+from dynsparse.modeling import ElasticModel, every_other
 from dynsparse.rewire import rewire
-from dynsparse.schedule import batch_indices, sample_sizes, total_steps
+from dynsparse.schedule import batch_indices, sample_depths, sample_sizes, total_steps
 from dynsparse.tasks import Task
 from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state
 
@@ -61,7 +62,7 @@ class Trainer:
         self.out_dir = Path(args.output_dir)
         self.device = resolve_device(args.device, self.world)
         self.model.to(self.device)
-        self.wrapped = wrap_model(self.model, self.world, self.device)
+        self.wrapped = wrap_model(self.model, self.world, self.device, skips_layers=sparsity.min_depth > 0)
         self.global_batch = args.per_device_train_batch_size * self.world.size
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
@@ -74,10 +75,12 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(args.warmup_ratio * self.total),
                                                          self.total)  # fmt: skip
         self.one_shot = sparsity.mode == "one-shot"
+        self.fine_tune = sparsity.mode == "fine-tune"  # dense only; the ordering is fixed at the end
         self.gated = sparsity.importance in ("taylor", "learned")  # estimated from gates in dense forwards
         if self.one_shot and not self.gated:
             self.total = 0  # magnitude or natural order: nothing to run
-        imp_steps = self.total if self.one_shot else round(sparsity.importance_ratio * self.total)
+        whole_run = self.one_shot or self.fine_tune
+        imp_steps = self.total if whole_run else round(sparsity.importance_ratio * self.total)
         self.state = TrainerState(importance_steps=imp_steps if self.gated else 0)
         s = model.shape
         scorer = LearnedScorer if sparsity.importance == "learned" else TaylorScorer
@@ -87,6 +90,12 @@ class Trainer:
             self.amp_dtype = None  # autocast is a GPU feature here; CPU trains in fp32
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.log_path = self.out_dir / "train_log.jsonl"
+        layers = model.shape.layers
+        if sparsity.min_depth >= layers:
+            raise InputError(f"--min_depth {sparsity.min_depth} must be below the model's {layers} layers")
+        self.min_depth = sparsity.min_depth
+        self.layer_scores = torch.zeros(layers, device=self.device)  # accumulated |g * dL/dg| of layer gates
+        self.layer_steps = 0
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay: list[torch.nn.Parameter] = []
@@ -101,9 +110,10 @@ class Trainer:
         """Train to the last step (resuming first when asked); returns a summary of the run."""
         if self.args.resume_from_checkpoint:
             self._resume(resolve_resume(self.args.resume_from_checkpoint, self.out_dir))
-        elif self.sp.importance == "magnitude" and not self.state.rewired:
+        elif self.sp.importance == "magnitude" and not self.state.rewired and not self.fine_tune:
             self._rewire(*magnitude_scores(self.model))
         self.model.meta["ordering"] = {"estimator": self.sp.importance, "mode": self.sp.mode}
+        self._fix_depth_rule()
         start, t0, main = self.state.step, time.time(), self.world.is_main
         bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True, disable=not main)
         with bar, open(self.log_path, "a") if main else nullcontext() as log_file:
@@ -120,6 +130,8 @@ class Trainer:
                     self._save()
         if not self.state.rewired and self.gated:  # fewer steps than the importance phase (or one-shot)
             self._rewire(*self.scorer.scores())
+        elif self.fine_tune and self.sp.importance == "magnitude":  # the fine-tuned weights' magnitudes
+            self._rewire(*magnitude_scores(self.model))
         elapsed = time.time() - t0
         return {"steps": self.total, "resumed_at": start, "seconds": round(elapsed, 1),
                 "steps_per_second": round((self.total - start) / max(elapsed, 1e-9), 3),
@@ -152,6 +164,9 @@ class Trainer:
         if self.gated:
             self.scorer.fold(self.model)  # learned gates become part of the weights (Taylor's are ones)
         rewire(self.model, head_scores, neuron_scores, self.optimizer)
+        if self.sp.layer_order == "taylor" and self.layer_steps:
+            order = torch.sort(self.layer_scores.cpu(), descending=True, stable=True).indices.tolist()
+            self.model.set_layer_order(order, "taylor")
         self.state.rewired = True
         log.info("step %d: ordering fixed (%s importance); units rewired", self.state.step, self.sp.importance)
 
@@ -160,18 +175,18 @@ class Trainer:
         """One optimizer step over `gradient_accumulation_steps` micro-batches."""
         self.wrapped.train()
         dense_phase = self.gated and not self.state.rewired
-        sizes = (
-            [self.sp.min_sparsity]
-            if dense_phase
-            else sample_sizes(
-                self.state.step, self.args.seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step
-            )
-        )
+        step, seed = self.state.step, self.args.seed
+        depths: list[int | None] = [None]
+        if dense_phase or self.fine_tune:
+            sizes = [self.sp.min_sparsity]
+        else:
+            sizes = sample_sizes(step, seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step)
+            depths = sample_depths(step, seed, self.min_depth, self.model.shape.layers, len(sizes))
         losses = dict.fromkeys(sizes, 0.0)
         accum = self.args.gradient_accumulation_steps
         for micro in range(accum):
             batch = self._batch(self.state.step * accum + micro)
-            for s, loss in self._micro_step(batch, sizes, dense_phase, last=micro == accum - 1).items():
+            for s, loss in self._micro_step(batch, sizes, depths, dense_phase, last=micro == accum - 1).items():
                 losses[s] += loss / accum
         losses = self._average_losses(losses)
         if self.one_shot:  # the weights stay as given: only the importance estimate moves
@@ -183,32 +198,41 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"phase": "importance" if dense_phase else "sandwich", "loss": sum(losses.values()),
+        phase = "fine-tune" if self.fine_tune else "importance" if dense_phase else "sandwich"
+        return {"phase": phase, "loss": sum(losses.values()),
                 "loss_by_size": {f"{s:.3f}": round(v, 5) for s, v in losses.items()},
                 "grad_norm": round(float(grad_norm), 4), "lr": self.scheduler.get_last_lr()[0]}  # fmt: skip
 
-    def _micro_step(self, batch: Batch, sizes: list[float], dense_phase: bool, last: bool) -> dict[float, float]:
-        """Forward and backward every size on one micro-batch; returns each size's loss.
+    def _micro_step(
+        self, batch: Batch, sizes: list[float], depths: list[int | None], dense_phase: bool, last: bool
+    ) -> dict[float, float]:
+        """Forward and backward every size (sparsity and depth) on one micro-batch; returns each size's loss.
 
         Gradients are all-reduced across ranks only in the very last backward of the step (`last` micro-batch,
         last size); the backwards before it accumulate locally.
         """
         scale = 1.0 / self.args.gradient_accumulation_steps
         gates = self.scorer.gates() if dense_phase else (None, None)
+        layer_gate = None
+        if dense_phase and self.sp.layer_order == "taylor":
+            layer_gate = torch.ones(self.model.shape.layers, device=self.device, requires_grad=True)
         with sync_gradients(self.wrapped, last and len(sizes) == 1):
             with self._autocast():
-                out = self.wrapped(**batch.inputs, sparsity=sizes[0], head_mask=gates[0], neuron_mask=gates[1])
+                out = self.wrapped(**batch.inputs, sparsity=sizes[0], head_mask=gates[0], neuron_mask=gates[1],
+                                   layer_mask=layer_gate)  # fmt: skip
                 loss = self.task.loss(out.logits, batch.labels)
             self.scaler.scale(loss * scale).backward()
         if dense_phase:
             self._update_scorer(*gates)
+        if layer_gate is not None:
+            self._update_layer_scores(layer_gate)
         losses = {sizes[0]: loss.item()}
         soft = self._teacher_logits(batch, out.logits)
         a, t = self.sp.distill_alpha, self.sp.distill_temperature
-        for i, s in enumerate(sizes[1:], start=2):
+        for i, (s, d) in enumerate(zip(sizes[1:], depths[1:], strict=True), start=2):
             with sync_gradients(self.wrapped, last and i == len(sizes)):
                 with self._autocast():
-                    logits = self.wrapped(**batch.inputs, sparsity=s).logits
+                    logits = self.wrapped(**batch.inputs, sparsity=s, depth=d).logits
                     distill = self.task.distill(logits, soft, batch.labels, t)
                     sub = a * distill + (1 - a) * self.task.loss(logits, batch.labels)
                 self.scaler.scale(sub * scale).backward()
@@ -222,6 +246,24 @@ class Trainer:
             raise RuntimeError("gates have no gradient: the dense forward did not use them")
         average_(self.world, head_gate.grad, neuron_gate.grad)
         self.scorer.update(head_gate, neuron_gate)
+
+    def _update_layer_scores(self, gate: torch.Tensor) -> None:
+        """Taylor importance of whole layers: |dL/dg| of a gate on each layer's residual branch (g = 0 drops it)."""
+        if gate.grad is None:
+            raise RuntimeError("the layer gate has no gradient: the dense forward did not use it")
+        average_(self.world, gate.grad)
+        self.layer_scores += gate.grad.detach().abs().float()
+        self.layer_steps += 1
+
+    def _fix_depth_rule(self) -> None:
+        """Record the elastic depth range and, for a fixed rule, the order layers drop in (taylor's comes at
+        rewiring, from the layer gates)."""
+        layers, rule = self.model.shape.layers, self.sp.layer_order
+        self.model.meta["depth"] = {**self.model.meta.get("depth", {}), "min_layers": self.min_depth or layers}
+        if rule == "every-other":
+            self.model.set_layer_order(every_other(layers), rule)
+        elif rule == "top":
+            self.model.set_layer_order(list(range(layers)), rule)
 
     def _average_losses(self, losses: dict[float, float]) -> dict[float, float]:
         """Mean over ranks, so the log shows the global batch's losses, as a single process would."""
@@ -268,7 +310,9 @@ class Trainer:
         if not self.world.is_main:
             return
         scores = {"head": self.scorer.head_scores, "neuron": self.scorer.neuron_scores,
-                  "steps": torch.tensor([self.scorer.steps])}  # fmt: skip
+                  "steps": torch.tensor([self.scorer.steps]), "layer": self.layer_scores,
+                  "layer_steps": torch.tensor([self.layer_steps]),
+                  "layer_order": torch.tensor(self.model.layer_order)}  # fmt: skip
         path = save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.state, scores,
                           self.args.save_total_limit, rng)  # fmt: skip
         log.info("saved training state %s", path)
@@ -276,4 +320,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler, self.world.rank)
         self.scorer.load(scores["head"], scores["neuron"], int(scores["steps"][0]))
+        if "layer" in scores:  # states written before elastic depth have none
+            self.layer_scores, self.layer_steps = scores["layer"].to(self.device), int(scores["layer_steps"][0])
+            self.model.set_layer_order(scores["layer_order"].tolist(), self.sp.layer_order)
         log.info("resumed from %s at step %d", path, self.state.step)

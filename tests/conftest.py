@@ -122,7 +122,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def train_tiny(tiny_dir: Path, out: Path, family: str = "bert", **train_kwargs: object) -> Path:
+def train_tiny(
+    tiny_dir: Path, out: Path, family: str = "bert", sparsity: dict[str, object] | None = None, **train_kwargs: object
+) -> Path:  # fmt: skip
     from dynsparse.recipe import run_training
 
     targs: dict[str, object] = {
@@ -137,7 +139,7 @@ def train_tiny(tiny_dir: Path, out: Path, family: str = "bert", **train_kwargs: 
     run_training(
         ModelArguments(model_name_or_path=str(tiny_dir / family)),
         DataArguments(train_file=str(tiny_dir / "train.csv"), validation_file=str(tiny_dir / "validation.csv")),
-        SparsityArguments(),
+        SparsityArguments(**(sparsity or {})),  # type: ignore[arg-type]
         TrainArguments(**targs),  # type: ignore[arg-type]
     )
     return out

@@ -150,3 +150,19 @@ def test_a_distributed_run_resumes_on_every_rank(runs: dict[str, Path], tmp_path
     _torchrun(runs["model"], runs["train"], tmp_path, "--resume_from_checkpoint=latest")
     _weights_close(tmp_path, runs["ddp"], atol=1e-6)
     assert [r["step"] for r in _log(tmp_path)] == [4, 5, 6]
+
+
+def test_elastic_depth_trains_the_same_on_two_processes(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Whole layers left out of a forward (DDP's unused parameters) still all-reduce to the single-process result,
+    and the Taylor layer order agrees across ranks."""
+    depth = {"min_depth": 1, "layer_order": "taylor"}
+    _torchrun(runs["model"], runs["train"], tmp_path / "ddp", *(f"--{k}={v}" for k, v in depth.items()))
+    run_training(
+        ModelArguments(model_name_or_path=str(runs["model"])), DataArguments(train_file=str(runs["train"])),
+        SparsityArguments(importance_ratio=FLAGS["importance_ratio"], **depth),  # type: ignore[arg-type]
+        TrainArguments(output_dir=str(tmp_path / "one"), per_device_train_batch_size=8,
+                       **{k: v for k, v in FLAGS.items() if k != "importance_ratio"}),  # type: ignore[arg-type]
+    )  # fmt: skip
+    _weights_close(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
+    metas = [json.loads((tmp_path / d / "dynsparse.json").read_text())["depth"] for d in ("ddp", "one")]
+    assert metas[0] == metas[1] and metas[0]["min_layers"] == 1

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from conftest import train_tiny
 
 import dynsparse
 from dynsparse.importance import TaylorScorer, magnitude_scores
@@ -108,6 +109,23 @@ def test_one_shot_orders_a_model_without_changing_it(tiny_dir: Path, tiny_ckpt: 
     curves = json.loads((tmp_path / "cmp" / "compare.json").read_text())["curves"]
     assert len(curves) == 2 and all(len(c) == 3 and "accuracy" in c[0] for c in curves.values())
     assert any("one-shot" in name for name in curves) and (tmp_path / "cmp" / "compare.png").stat().st_size > 5000
+
+
+def test_fine_tune_mode_trains_dense_and_orders_at_the_end(tiny_dir: Path, tmp_path: Path) -> None:
+    """The fine-tune-then-prune baseline from a pretrained model: dense steps only, then one rewire."""
+    import json
+
+    run = train_tiny(tiny_dir, tmp_path / "ft", sparsity={"mode": "fine-tune"})  # as long as tiny_ckpt's run
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert {r["phase"] for r in log} == {"fine-tune"} and all(len(r["loss_by_size"]) == 1 for r in log)
+    meta = json.loads((run / "dynsparse.json").read_text())
+    assert meta["ordering"] == {**meta["ordering"], "estimator": "taylor", "mode": "fine-tune"}
+    model = dynsparse.load(str(run))
+    start = dynsparse.from_pretrained(str(tiny_dir / "bert"))
+    assert not torch.equal(model.head_scores, start.head_scores)  # ordered by the whole run's Taylor scores
+    assert torch.all(model.neuron_scores[:, :-1] >= model.neuron_scores[:, 1:])
+    rows = meta["levels"]
+    assert rows[0]["accuracy"] >= 0.64 + 0.15  # the dense model learned; smaller sizes were never trained
 
 
 def test_learned_importance_trains_every_size(tiny_dir: Path, tmp_path: Path) -> None:
