@@ -84,6 +84,8 @@ def build_meta(model: ElasticModel, weights_sha256: str) -> dict[str, Any]:
             "scores": ["head_scores", "neuron_scores"],
             "estimator": meta.get("ordering", {}).get("estimator", "natural"),
             "mode": meta.get("ordering", {}).get("mode", "once-for-all"),
+            **({"languages": model.languages, "language_scores": ["language_head_scores", "language_neuron_scores"]}
+               if model.languages else {}),  # the non-shared setting: one more ordering per language
         },  # fmt: skip
         files={WEIGHTS: {"sha256": weights_sha256}},
     )
@@ -193,6 +195,7 @@ def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
     if meta.get("task") != "feature-extraction" and len(meta["labels"]) != shape.num_labels:
         raise CheckpointError(f"{root / META}: {len(meta['labels'])} labels but {CONFIG} has {shape.num_labels}")
     _check_depth(root / META, meta.get("depth"), shape.layers)
+    _check_languages(root / META, meta.get("ordering"))
     task = meta.get("task", "text-classification")
     if task not in TASKS:
         raise CheckpointError(f"{root / META}: unknown task {task!r} (this dynsparse knows {', '.join(TASKS)})")
@@ -210,6 +213,16 @@ def _check_depth(path: Path, depth: Any, layers: int) -> None:
         raise CheckpointError(f"{path}: depth.order must rank each of the {layers} layers once, got {order!r:.100}")
     if type(least) is not int or not 1 <= least <= layers:
         raise CheckpointError(f"{path}: depth.min_layers must be an integer from 1 to {layers}, got {least!r:.50}")
+
+
+def _check_languages(path: Path, ordering: Any) -> None:
+    """Per-language orderings, when present: a short list of distinct short names."""
+    langs = ordering.get("languages") if isinstance(ordering, dict) else None
+    if langs is None:
+        return
+    if (not isinstance(langs, list) or not 1 <= len(langs) <= 256 or len(set(map(str, langs))) != len(langs)
+            or not all(isinstance(x, str) and 0 < len(x) <= 64 for x in langs)):  # fmt: skip
+        raise CheckpointError(f"{path}: ordering.languages must be up to 256 distinct names, got {langs!r:.100}")
 
 
 def _kept_vocab(path: Path, meta: dict[str, Any], vocab_size: int) -> int:
@@ -265,6 +278,9 @@ def _check_state(path: Path, model: ElasticModel, state: dict[str, torch.Tensor]
             )
         if t.dtype != want[name].dtype:  # the file's tensors are used as they are (assign=True)
             raise CheckpointError(f"{path}: tensor {name} is {t.dtype}, expected {want[name].dtype}")
+    for name in ("head_scores", "neuron_scores", "language_head_scores", "language_neuron_scores"):
+        if name in state and not bool(torch.isfinite(state[name]).all()):  # orderings sort by them
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite scores")
     vocab_map = state.get("embeddings.vocab_map")
     rows = want["embeddings.word.weight"].shape[0]
     if vocab_map is not None and vocab_map.numel() and not 0 <= int(vocab_map.min()) <= int(vocab_map.max()) < rows:

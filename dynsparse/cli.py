@@ -160,7 +160,8 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     for d in depths:
         model.check_depth(d)  # a bad depth fails before any work
     rows = evaluate_levels(model, task, ds, levels, args.latency_batch, args.latency_seq_len,
-                           batch_size=args.batch_size, depths=depths)  # fmt: skip
+                           batch_size=args.batch_size, depths=depths,
+                           per_language=args.ordering == "auto")  # fmt: skip
     info = level_info(model, model.meta.get("base_model", path), device, args.latency_batch, args.latency_seq_len)
     write_levels(rows, out, task.main_metric, {**info, "checkpoint": path, "data": args.validation_file})
     ordering = model.meta.get("ordering", {})
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--levels", type=_sparsity, nargs="+", help="default: 0, 0.1, ... up to the trained maximum")
     ev.add_argument("--depths", type=_positive, nargs="+",
                     help="layer counts to evaluate (default: all; trained depths after --min_depth)")  # fmt: skip
+    ev.add_argument("--ordering", choices=["auto", "shared"], default="auto",
+                    help="auto: each row's language's ordering if the checkpoint has one; shared: never")  # fmt: skip
     ev.add_argument("--batch_size", type=_positive, default=64)
     ev.add_argument("--max_seq_length", type=_positive, default=128)
     ev.add_argument("--max_eval_samples", type=_positive)

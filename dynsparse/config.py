@@ -67,6 +67,11 @@ class SparsityArguments:
             "dense fine-tuning, units ordered at the end (both are baselines)"
         },
     )
+    orderings: Literal["shared", "per-language"] = field(
+        default="shared",
+        metadata={"help": "per-language: also one ordering per language of the training data (the non-shared "
+                          "setting), stored in the same checkpoint and chosen by the request's language"},
+    )
     min_depth: int = field(
         default=0, metadata={"help": "elastic depth: also train depths down to this many layers (0: all layers)"}
     )
@@ -91,6 +96,8 @@ class SparsityArguments:
             raise ValueError(f"--importance_ratio must be in [0, 1), got {self.importance_ratio}")
         if not 0.0 <= self.distill_alpha <= 1.0:
             raise ValueError(f"--distill_alpha must be in [0, 1], got {self.distill_alpha}")
+        if self.orderings == "per-language" and self.importance != "taylor":
+            raise ValueError("--orderings per-language needs --importance taylor (scored per language from data)")
         if self.min_depth < 0:
             raise ValueError(f"--min_depth must be >= 0 (0: depth not elastic), got {self.min_depth}")
         if self.layer_order == "taylor" and self.importance not in ("taylor", "learned"):

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -49,17 +50,45 @@ def predict_levels(
     batch_size: int = 64,
     progress: bool = True,
     depth: int | None = None,
+    per_language: bool = True,
 ) -> dict[float, list[Any]]:
-    """Every level's predictions over `ds` in one pass over the data: {s: one `task.gather` entry per row}."""
+    """Every level's predictions over `ds` in one pass over the data: {s: one `task.gather` entry per row}.
+
+    A checkpoint with per-language orderings runs each row with its language's ordering (`per_language`; rows of
+    other languages, or `per_language=False`, use the shared one)."""
     device = next(model.parameters()).device
     preds: dict[float, list[Any]] = {s: [] for s in levels}
     loader = make_loader(ds, model.tokenizer, batch_size, task)
+    langs = None
+    if per_language and model.languages and LANGUAGE in ds.column_names:
+        langs = [str(x) if str(x) in model.languages else None for x in ds[LANGUAGE]]
+    start = 0
     for batch in tqdm(loader, desc=f"evaluating {len(levels)} levels", disable=not progress, unit="batch"):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels", None)
+        rows = len(batch["input_ids"])
+        mine = langs[start : start + rows] if langs is not None else None
+        start += rows
         for s in levels:
-            preds[s].extend(task.gather(model(**batch, sparsity=s, depth=depth).logits, labels))
+            preds[s].extend(task.gather(_logits(model, batch, s, depth, mine), labels))
     return preds
+
+
+def _logits(
+    model: ElasticModel, batch: dict[str, Tensor], sparsity: float, depth: int | None, langs: list[str | None] | None
+) -> Tensor:
+    """The batch's head outputs; with per-row languages, each language's rows run with its own ordering."""
+    if langs is None or not any(langs):
+        return model(**batch, sparsity=sparsity, depth=depth).logits
+    out: Tensor | None = None
+    for lang in dict.fromkeys(langs):  # each language once, in order of appearance
+        rows = torch.tensor([i for i, x in enumerate(langs) if x == lang], device=batch["input_ids"].device)
+        part = model(**{k: v[rows] for k, v in batch.items()}, sparsity=sparsity, depth=depth, language=lang).logits
+        if out is None:
+            out = part.new_empty((len(langs), *part.shape[1:]))
+        out[rows] = part
+    assert out is not None
+    return out
 
 
 def languages(ds: Dataset) -> dict[str, list[int]]:
@@ -91,13 +120,15 @@ def score_levels(task: Task, preds: dict[float, list[Any]], ds: Dataset) -> dict
 def evaluate_levels(
     model: ElasticModel, task: Task, ds: Dataset | None, levels: list[float], latency_batch: int = 8,
     latency_seq_len: int = 128, progress: bool = True, batch_size: int = 64, depths: list[int] | None = None,
+    per_language: bool = True,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """The level table: one row per sparsity (per depth, deepest first, when `depths` are given) with costs,
     task metrics (when data is given) and latency."""
     model.eval()
     rows = []
     for depth in sorted(depths or [model.shape.layers], reverse=True):
-        rows.extend(_depth_rows(model, task, ds, levels, latency_batch, latency_seq_len, progress, batch_size, depth))
+        rows.extend(_depth_rows(model, task, ds, levels, latency_batch, latency_seq_len, progress, batch_size, depth,
+                                per_language))  # fmt: skip
     dense = rows[0]["latency_ms"]
     for row in rows:
         row["speedup"] = round(dense / row["latency_ms"], 3)
@@ -106,12 +137,13 @@ def evaluate_levels(
 
 def _depth_rows(
     model: ElasticModel, task: Task, ds: Dataset | None, levels: list[float], latency_batch: int,
-    latency_seq_len: int, progress: bool, batch_size: int, depth: int,
+    latency_seq_len: int, progress: bool, batch_size: int, depth: int, per_language: bool,
 ) -> list[dict[str, Any]]:  # fmt: skip
     d = model.check_depth(depth)
     metrics: dict[float, dict[str, Any]] = {}
     if ds is not None:
-        metrics = score_levels(task, predict_levels(model, task, ds, levels, batch_size, progress, d), ds)
+        preds = predict_levels(model, task, ds, levels, batch_size, progress, d, per_language)
+        metrics = score_levels(task, preds, ds)
     rows = []
     for s in tqdm(levels, desc="measuring latency", disable=not progress, unit="level"):
         structure = model.structure(s, d)

@@ -56,8 +56,12 @@ class TaylorScorer:
         """Add |grad| of the gates after backward (the batch's first-order loss change per unit)."""
         if head_gate.grad is None or neuron_gate.grad is None:
             raise RuntimeError("gates have no gradient: call update after loss.backward()")
-        self.head_scores += head_gate.grad.detach().abs().float()
-        self.neuron_scores += neuron_gate.grad.detach().abs().float()
+        self.add(head_gate.grad, neuron_gate.grad)
+
+    def add(self, head_grad: Tensor, neuron_grad: Tensor) -> None:
+        """Add one batch's gate gradients (L, H) and (L, F)."""
+        self.head_scores += head_grad.detach().abs().float()
+        self.neuron_scores += neuron_grad.detach().abs().float()
         self.steps += 1
 
     def scores(self) -> tuple[Tensor, Tensor]:
@@ -126,3 +130,48 @@ class LearnedScorer:
 
 
 Scorer = TaylorScorer | LearnedScorer
+
+
+@dataclass
+class LanguageScorer:
+    """Taylor importance per language (the non-shared setting of Li et al.): gates per row of the batch, whose
+    gradients are summed over each language's rows, so one mixed batch scores every language in it."""
+
+    languages: list[str]
+    layers: int
+    heads: int
+    neurons: int
+    device: torch.device | str = "cpu"
+    head_scores: Tensor = field(init=False)
+    neuron_scores: Tensor = field(init=False)
+    steps: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.languages)
+        self.head_scores = torch.zeros(n, self.layers, self.heads, device=self.device)  # (N, L, H)
+        self.neuron_scores = torch.zeros(n, self.layers, self.neurons, device=self.device)  # (N, L, F)
+        self.steps = torch.zeros(n, device=self.device)
+
+    def gates(self, batch: int) -> tuple[Tensor, Tensor]:
+        """Gates of ones per row, (B, L, H) and (B, L, F), for `head_mask` / `neuron_mask`."""
+        hg = torch.ones(batch, self.layers, self.heads, device=self.device, requires_grad=True)
+        ng = torch.ones(batch, self.layers, self.neurons, device=self.device, requires_grad=True)
+        return hg, ng
+
+    def update(self, head_gate: Tensor, neuron_gate: Tensor, languages: list[str]) -> tuple[Tensor, Tensor]:
+        """Add each language's |summed gate gradient|; returns the whole batch's sums (L, H), (L, F), which are
+        what the shared ordering's scorer adds."""
+        if head_gate.grad is None or neuron_gate.grad is None:
+            raise RuntimeError("gates have no gradient: call update after loss.backward()")
+        gh, gn = head_gate.grad.detach().float(), neuron_gate.grad.detach().float()
+        for i, lang in enumerate(self.languages):
+            rows = torch.tensor([r for r, x in enumerate(languages) if x == lang], dtype=torch.long)
+            if len(rows):
+                self.head_scores[i] += gh[rows.to(gh.device)].sum(0).abs()
+                self.neuron_scores[i] += gn[rows.to(gn.device)].sum(0).abs()
+                self.steps[i] += 1
+        return gh.sum(0), gn.sum(0)
+
+    def scores(self) -> tuple[Tensor, Tensor]:
+        n = self.steps.clamp_min(1)[:, None, None]
+        return self.head_scores / n, self.neuron_scores / n

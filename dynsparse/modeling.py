@@ -89,24 +89,41 @@ class ElasticLayer(nn.Module):
 
     def forward(
         self, x: Tensor, mask: Tensor | None, heads: int, neurons: int,
-        head_gate: Tensor | None = None, neuron_gate: Tensor | None = None,
+        head_gate: Tensor | None = None, neuron_gate: Tensor | None = None, rows: "UnitRows | None" = None,
     ) -> Tensor:  # fmt: skip
+        """`rows` (a per-language ordering) picks the kept units by index instead of the stored prefix: a gather
+        of the kept rows per forward, the price of an ordering the storage is not sorted by."""
         b, t, _ = x.shape
         a = heads * self.head_dim
-        q = F.linear(x, self.q_weight[:a], self.q_bias[:a]).view(b, t, heads, -1).transpose(1, 2)  # (B, h, T, hd)
-        k = F.linear(x, self.k_weight[:a], self.k_bias[:a]).view(b, t, heads, -1).transpose(1, 2)
-        v = F.linear(x, self.v_weight[:a], self.v_bias[:a]).view(b, t, heads, -1).transpose(1, 2)
+        hr, nr = (rows.heads, rows.neurons) if rows is not None else (None, None)
+        q = F.linear(x, _take(self.q_weight, a, hr), _take(self.q_bias, a, hr))
+        k = F.linear(x, _take(self.k_weight, a, hr), _take(self.k_bias, a, hr))
+        v = F.linear(x, _take(self.v_weight, a, hr), _take(self.v_bias, a, hr))
+        q, k, v = (y.view(b, t, heads, -1).transpose(1, 2) for y in (q, k, v))  # (B, h, T, hd)
         p = self.attn_dropout if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)  # (B, T, h, hd)
-        if head_gate is not None:  # masked forward (importance, tests): scale each head's output
-            ctx = ctx * head_gate.view(1, 1, -1, 1)
-        attn = torch.matmul(ctx.reshape(b, t, a), self.attn_out_weight_t[:a]) + self.attn_out_bias  # (B, T, H)
-        x = self.attn_norm(x + self.dropout(attn))
-        inner = self.act(F.linear(x, self.ffn_in_weight[:neurons], self.ffn_in_bias[:neurons]))  # (B, T, n)
-        if neuron_gate is not None:
-            inner = inner * neuron_gate
-        out = torch.matmul(inner, self.ffn_out_weight_t[:neurons]) + self.ffn_out_bias  # (B, T, H)
+        if head_gate is not None:  # masked forward (importance, tests): scale each head's output; (H,) or (B, H)
+            ctx = ctx * head_gate.unsqueeze(-2).unsqueeze(-1)
+        attn = torch.matmul(ctx.reshape(b, t, a), _take(self.attn_out_weight_t, a, hr)) + self.attn_out_bias
+        x = self.attn_norm(x + self.dropout(attn))  # (B, T, H)
+        inner = self.act(F.linear(x, _take(self.ffn_in_weight, neurons, nr), _take(self.ffn_in_bias, neurons, nr)))
+        if neuron_gate is not None:  # (n,) or (B, n)
+            inner = inner * neuron_gate.unsqueeze(-2)
+        out = torch.matmul(inner, _take(self.ffn_out_weight_t, neurons, nr)) + self.ffn_out_bias  # (B, T, H)
         return self.ffn_norm(x + self.dropout(out))
+
+
+@dataclass(frozen=True)
+class UnitRows:
+    """A layer's kept units by index: head rows (h * head_dim,) and neurons (n,)."""
+
+    heads: Tensor
+    neurons: Tensor
+
+
+def _take(w: Tensor, k: int, rows: Tensor | None) -> Tensor:
+    """The first `k` rows (a view), or the given rows (a gather)."""
+    return w[:k] if rows is None else w.index_select(0, rows)
 
 
 class ElasticModel(nn.Module):
@@ -120,6 +137,8 @@ class ElasticModel(nn.Module):
 
     head_scores: Tensor  # (L, H) buffers, declared for type checkers
     neuron_scores: Tensor  # (L, F)
+    language_head_scores: Tensor | None  # (N, L, H) per-language importance of the stored units (non-shared)
+    language_neuron_scores: Tensor | None  # (N, L, F)
 
     def __init__(
         self, shape: EncoderShape, family: Family, hf_config: Any, allocation: Allocation = "uniform",
@@ -141,32 +160,85 @@ class ElasticModel(nn.Module):
         # (a descending ramp) until training or `rewire` sets real scores.
         self.register_buffer("head_scores", torch.linspace(1, 0, shape.heads).repeat(shape.layers, 1))  # (L, H)
         self.register_buffer("neuron_scores", torch.linspace(1, 0, shape.intermediate).repeat(shape.layers, 1))
-        self._structures: dict[tuple[float, int | None], Structure] = {}
+        self._structures: dict[tuple[float, int | None, str | None], Structure] = {}
         self._ranking: GlobalRanking | None = None
+        # Non-shared setting: one more ordering per language, as scores of the stored units (None: shared only).
+        self.languages: list[str] = list(self.meta.get("ordering", {}).get("languages") or [])
+        n, lay = len(self.languages), shape.layers
+        self.register_buffer("language_head_scores", torch.zeros(n, lay, shape.heads) if n else None)
+        self.register_buffer("language_neuron_scores", torch.zeros(n, lay, shape.intermediate) if n else None)
+        self._rows: dict[tuple[str, Structure], list[UnitRows]] = {}
         # Depth: layers ranked most important first; depth d keeps the first d of them (nested like width).
         self.layer_order: list[int] = list(self.meta.get("depth", {}).get("order") or every_other(shape.layers))
 
     # -- sizes -------------------------------------------------------------------------------------
-    def structure(self, sparsity: float, depth: int | None = None) -> Structure:
+    def structure(self, sparsity: float, depth: int | None = None, language: str | None = None) -> Structure:
         """Per layer, the (heads, neurons) kept at `sparsity`, and with `depth` only that many layers (the
-        others are (0, 0): skipped). Nested in both: a larger s or a smaller depth keeps a subset."""
+        others are (0, 0): skipped). Nested in both: a larger s or a smaller depth keeps a subset. With global
+        allocation, a `language`'s own ordering (non-shared setting) may spread the counts differently."""
         check_sparsity(sparsity)
         depth = self.check_depth(depth)
-        key = (sparsity, depth)
+        lang = self.check_language(language) if self.allocation == "global" else None  # uniform: the same counts
+        key = (sparsity, depth, lang)
         if key not in self._structures:
             if len(self._structures) >= 4096:  # requests may ask any float: keep the cache bounded
                 self._structures.clear()
-            self._structures[key] = drop_layers(self._width(sparsity), self.layer_order, depth)
+            self._structures[key] = drop_layers(self._width(sparsity, lang), self.layer_order, depth)
         return self._structures[key]
 
-    def _width(self, sparsity: float) -> Structure:
+    def _width(self, sparsity: float, language: str | None = None) -> Structure:
         if self.allocation == "global":
+            if language is not None:
+                head, neuron = self._language_scores(language)
+                ranking = rank_globally(head.sort(-1, descending=True).values,
+                                        neuron.sort(-1, descending=True).values, head_cost(self.shape),
+                                        neuron_cost(self.shape))  # fmt: skip
+                return global_structure(sparsity, ranking)
             self._ranking = self._ranking or rank_globally(
                 self.head_scores.cpu(), self.neuron_scores.cpu(), head_cost(self.shape), neuron_cost(self.shape)
             )
             return global_structure(sparsity, self._ranking)
         s = self.shape
         return uniform_structure(sparsity, s.layers, s.heads, s.intermediate)
+
+    # -- per-language orderings (the non-shared setting) ----------------------------------------------
+    def check_language(self, language: str | None) -> str | None:
+        """`language` if this checkpoint has an ordering for it; None means the shared ordering."""
+        if language is None or language in self.languages:
+            return language
+        have = ", ".join(self.languages) if self.languages else "none: it has one shared ordering"
+        raise InputError(f"no ordering for language {language!r:.40}; this checkpoint's languages: {have}")
+
+    def set_language_scores(self, languages: list[str], head: Tensor, neuron: Tensor) -> None:
+        """Record one ordering per language: scores (N, L, H) and (N, L, F) of the units as stored now."""
+        self.languages = list(languages)
+        self.language_head_scores = head.detach().float().to(self.head_scores.device)
+        self.language_neuron_scores = neuron.detach().float().to(self.head_scores.device)
+        self.meta["ordering"] = {**self.meta.get("ordering", {}), "languages": self.languages}
+        self._structures.clear()
+        self._rows.clear()
+
+    def _language_scores(self, language: str) -> tuple[Tensor, Tensor]:
+        assert self.language_head_scores is not None and self.language_neuron_scores is not None
+        i = self.languages.index(language)
+        return self.language_head_scores[i].cpu(), self.language_neuron_scores[i].cpu()
+
+    def unit_rows(self, language: str, structure: Structure) -> list[UnitRows]:
+        """Per layer, the stored rows a language's ordering keeps at `structure` (cached, bounded)."""
+        key = (language, structure)
+        if key not in self._rows:
+            if len(self._rows) >= 256:
+                self._rows.clear()
+            head, neuron = self._language_scores(language)
+            device, hd = self.head_scores.device, self.shape.head_dim
+            rows = []
+            for (h, n), hs, ns in zip(structure, head, neuron, strict=True):
+                top_h = torch.sort(hs, descending=True, stable=True).indices[:h]
+                top_n = torch.sort(ns, descending=True, stable=True).indices[:n]
+                head_rows = (top_h.sort().values[:, None] * hd + torch.arange(hd)).flatten()  # (h * hd,)
+                rows.append(UnitRows(head_rows.to(device), top_n.sort().values.to(device)))
+            self._rows[key] = rows
+        return self._rows[key]
 
     def check_depth(self, depth: int | None) -> int | None:
         """`depth` as a layer count, None for all layers; an `InputError` outside 1 ... layers."""
@@ -195,37 +267,42 @@ class ElasticModel(nn.Module):
         self.head_scores.copy_(head_scores)
         self.neuron_scores.copy_(neuron_scores)
         self._structures.clear()
+        self._rows.clear()
         self._ranking = None
 
     def set_allocation(self, allocation: Allocation) -> None:
         self.allocation = allocation
         self._structures.clear()
+        self._rows.clear()
 
     # -- forward -----------------------------------------------------------------------------------
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
         sparsity: float = 0.0, structure: Structure | None = None,
         head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
-        layer_mask: Tensor | None = None,
+        layer_mask: Tensor | None = None, language: str | None = None,
     ) -> EncoderOutput:  # fmt: skip
-        """Run at `sparsity` and `depth` (or an explicit `structure`); `head_mask` (L, H) / `neuron_mask` (L, F) /
-        `layer_mask` (L,) instead scale units or whole layers' residual branches of the full model (the masked
-        forward used for importance and tests)."""
+        """Run at `sparsity` and `depth` (or an explicit `structure`), with `language`'s own ordering when given
+        (non-shared setting); `head_mask` (L, H) or (B, L, H) / `neuron_mask` (L, F) or (B, L, F) / `layer_mask`
+        (L,) instead scale units or whole layers' residual branches of the full model (the masked forward used
+        for importance and tests)."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, structure, head_mask, neuron_mask,
-                             depth, layer_mask)  # fmt: skip
+                             depth, layer_mask, language)  # fmt: skip
         return EncoderOutput(logits=self.head(hidden, attention_mask), last_hidden_state=hidden)
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
         sparsity: float = 0.0, structure: Structure | None = None,
         head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
-        layer_mask: Tensor | None = None,
+        layer_mask: Tensor | None = None, language: str | None = None,
     ) -> Tensor:  # fmt: skip
         """The last hidden states (B, T, H) at a size."""
         if input_ids.ndim != 2 or input_ids.shape[0] == 0:
             raise InputError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
+        language = self.check_language(language)
         if structure is None:
-            structure = self.structure(sparsity, depth)
+            structure = self.structure(sparsity, depth, language)
+        rows = self.unit_rows(language, structure) if language is not None else None
         mask = None
         if attention_mask is not None:
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends
@@ -233,9 +310,9 @@ class ElasticModel(nn.Module):
         for i, (layer, (heads, neurons)) in enumerate(zip(self.layers, structure, strict=True)):
             if heads == 0 and neurons == 0:  # dropped by depth: the layer is skipped
                 continue
-            hg = head_mask[i] if head_mask is not None else None
-            ng = neuron_mask[i] if neuron_mask is not None else None
-            y = layer(x, mask, heads, neurons, hg, ng)
+            hg = head_mask[..., i, :] if head_mask is not None else None  # (H,) or per row (B, H)
+            ng = neuron_mask[..., i, :] if neuron_mask is not None else None
+            y = layer(x, mask, heads, neurons, hg, ng, rows[i] if rows is not None else None)
             x = y if layer_mask is None else x + layer_mask[i] * (y - x)  # gate 0 is the layer dropped
         return x
 

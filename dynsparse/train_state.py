@@ -121,6 +121,9 @@ def load_state(
     rng = _read(rng_path if rng_path.is_file() else path / _rng_file(0), lambda f: torch.load(f, weights_only=True))
     state = _read(path / "trainer_state.json", _trainer_state)
     scores = _read(path / "importance.safetensors", lambda f: load_file(str(f), device=str(device)))
+    if "language_head_scores" in weights and model.language_head_scores is None:  # saved after per-language rewiring
+        langs = _read(path / META, read_meta).get("ordering", {}).get("languages") or []
+        model.set_language_scores(langs, weights["language_head_scores"], weights["language_neuron_scores"])
     _read(path / WEIGHTS, lambda f: model.load_state_dict(weights))  # a state of another model: shapes differ
     model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())
     _read(path / "optimizer.pt", lambda f: optimizer.load_state_dict(optim))

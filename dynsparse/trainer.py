@@ -25,12 +25,13 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from dynsparse.config import SparsityArguments, TrainArguments
+from dynsparse.data import LANGUAGE
 from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
 from dynsparse.errors import InputError
 from dynsparse.evaluate import predict_levels
-from dynsparse.importance import LearnedScorer, Scorer, TaylorScorer, magnitude_scores
+from dynsparse.importance import LanguageScorer, LearnedScorer, Scorer, TaylorScorer, magnitude_scores
 from dynsparse.modeling import ElasticModel, every_other
-from dynsparse.rewire import rewire
+from dynsparse.rewire import rewire, unit_order
 from dynsparse.schedule import batch_indices, sample_depths, sample_sizes, total_steps
 from dynsparse.tasks import Task
 from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 class Batch:
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
+    languages: list[str] | None = None  # per row, when orderings are per language
 
 
 class Trainer:
@@ -94,8 +96,25 @@ class Trainer:
         if sparsity.min_depth >= layers:
             raise InputError(f"--min_depth {sparsity.min_depth} must be below the model's {layers} layers")
         self.min_depth = sparsity.min_depth
+        self.languages = self._orderings_languages()
+        self.lang_scorer = (
+            LanguageScorer(self.languages, layers, s.heads, s.intermediate, self.device) if self.languages else None
+        )
         self.layer_scores = torch.zeros(layers, device=self.device)  # accumulated |g * dL/dg| of layer gates
         self.layer_steps = 0
+
+    def _orderings_languages(self) -> list[str]:
+        """The training data's languages when each gets its own ordering (non-shared); none for shared."""
+        if self.sp.orderings == "shared":
+            return []
+        if LANGUAGE not in self.train_ds.column_names:
+            raise InputError("--orderings per-language needs a language column (or one training file per language)")
+        if self.world.distributed:
+            raise InputError("--orderings per-language trains in one process (not under torchrun) for now")
+        langs = sorted({str(x) for x in self.train_ds[LANGUAGE]})
+        if len(langs) < 2:
+            raise InputError(f"--orderings per-language needs at least two languages in the data, found {langs}")
+        return langs
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay: list[torch.nn.Parameter] = []
@@ -163,7 +182,14 @@ class Trainer:
     def _rewire(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> None:
         if self.gated:
             self.scorer.fold(self.model)  # learned gates become part of the weights (Taylor's are ones)
+        if self.lang_scorer is not None:  # each language's scores follow their units to the new positions
+            lh, ln = self.lang_scorer.scores()
+            n = len(self.languages)
+            lh = torch.gather(lh.cpu(), 2, unit_order(head_scores.cpu()).expand(n, -1, -1))
+            ln = torch.gather(ln.cpu(), 2, unit_order(neuron_scores.cpu()).expand(n, -1, -1))
         rewire(self.model, head_scores, neuron_scores, self.optimizer)
+        if self.lang_scorer is not None:
+            self.model.set_language_scores(self.languages, lh, ln)
         if self.sp.layer_order == "taylor" and self.layer_steps:
             order = torch.sort(self.layer_scores.cpu(), descending=True, stable=True).indices.tolist()
             self.model.set_layer_order(order, "taylor")
@@ -212,7 +238,9 @@ class Trainer:
         last size); the backwards before it accumulate locally.
         """
         scale = 1.0 / self.args.gradient_accumulation_steps
-        gates = self.scorer.gates() if dense_phase else (None, None)
+        gates: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        if dense_phase:
+            gates = self.lang_scorer.gates(len(batch.labels)) if self.lang_scorer else self.scorer.gates()
         layer_gate = None
         if dense_phase and self.sp.layer_order == "taylor":
             layer_gate = torch.ones(self.model.shape.layers, device=self.device, requires_grad=True)
@@ -222,22 +250,42 @@ class Trainer:
                                    layer_mask=layer_gate)  # fmt: skip
                 loss = self.task.loss(out.logits, batch.labels)
             self.scaler.scale(loss * scale).backward()
-        if dense_phase:
+        if dense_phase and self.lang_scorer is not None and batch.languages is not None:
+            assert isinstance(self.scorer, TaylorScorer) and gates[0] is not None and gates[1] is not None
+            self.scorer.add(*self.lang_scorer.update(gates[0], gates[1], batch.languages))
+        elif dense_phase:
             self._update_scorer(*gates)
         if layer_gate is not None:
             self._update_layer_scores(layer_gate)
         losses = {sizes[0]: loss.item()}
         soft = self._teacher_logits(batch, out.logits)
         a, t = self.sp.distill_alpha, self.sp.distill_temperature
+        groups = self._language_groups(batch)
         for i, (s, d) in enumerate(zip(sizes[1:], depths[1:], strict=True), start=2):
-            with sync_gradients(self.wrapped, last and i == len(sizes)):
-                with self._autocast():
-                    logits = self.wrapped(**batch.inputs, sparsity=s, depth=d).logits
-                    distill = self.task.distill(logits, soft, batch.labels, t)
-                    sub = a * distill + (1 - a) * self.task.loss(logits, batch.labels)
-                self.scaler.scale(sub * scale).backward()
-            losses[s] = sub.item()
+            losses[s] = 0.0
+            for k, (lang, rows, weight) in enumerate(groups):
+                inputs = batch.inputs if rows is None else {key: v[rows] for key, v in batch.inputs.items()}
+                labels, target = (batch.labels, soft) if rows is None else (batch.labels[rows], soft[rows])
+                with sync_gradients(self.wrapped, last and i == len(sizes) and k == len(groups) - 1):
+                    with self._autocast():
+                        logits = self.wrapped(**inputs, sparsity=s, depth=d, language=lang).logits
+                        distill = self.task.distill(logits, target, labels, t)
+                        sub = weight * (a * distill + (1 - a) * self.task.loss(logits, labels))
+                    self.scaler.scale(sub * scale).backward()
+                losses[s] += sub.item()
         return losses
+
+    def _language_groups(self, batch: Batch) -> list[tuple[str | None, torch.Tensor | None, float]]:
+        """(language, its rows, its share of the batch) for the sub-sizes: each language runs its own ordering once
+        they are fixed; one group of everything under the shared ordering."""
+        if not self.model.languages or batch.languages is None:
+            return [(None, None, 1.0)]
+        groups: list[tuple[str | None, torch.Tensor | None, float]] = []
+        for lang in self.model.languages:
+            rows = [r for r, x in enumerate(batch.languages) if x == lang]
+            if rows:
+                groups.append((lang, torch.tensor(rows, device=self.device), len(rows) / len(batch.languages)))
+        return groups
 
     def _update_scorer(self, head_gate: torch.Tensor | None, neuron_gate: torch.Tensor | None) -> None:
         """Add the gates' gradients to the Taylor scores, averaged over ranks first: the gates are not parameters,
@@ -288,9 +336,11 @@ class Trainer:
     def _batch(self, micro_step: int) -> Batch:
         # every rank draws the same global batch and keeps its own slice of it
         idx = shard(batch_indices(micro_step, self.args.seed, len(self.train_ds), self.global_batch), self.world)
-        features = self.collate([self.train_ds[int(i)] for i in idx])
+        rows = [self.train_ds[int(i)] for i in idx]
+        features = self.collate(rows)
         labels = features.pop("labels").to(self.device)
-        return Batch(inputs={k: v.to(self.device) for k, v in features.items()}, labels=labels)
+        langs = [str(r[LANGUAGE]) for r in rows] if self.languages else None
+        return Batch(inputs={k: v.to(self.device) for k, v in features.items()}, labels=labels, languages=langs)
 
     # -- evaluation and state ------------------------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:
@@ -313,6 +363,9 @@ class Trainer:
                   "steps": torch.tensor([self.scorer.steps]), "layer": self.layer_scores,
                   "layer_steps": torch.tensor([self.layer_steps]),
                   "layer_order": torch.tensor(self.model.layer_order)}  # fmt: skip
+        if self.lang_scorer is not None:
+            scores.update(lang_head=self.lang_scorer.head_scores, lang_neuron=self.lang_scorer.neuron_scores,
+                          lang_steps=self.lang_scorer.steps)  # fmt: skip
         path = save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.state, scores,
                           self.args.save_total_limit, rng)  # fmt: skip
         log.info("saved training state %s", path)
@@ -320,6 +373,10 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler, self.world.rank)
         self.scorer.load(scores["head"], scores["neuron"], int(scores["steps"][0]))
+        if self.lang_scorer is not None and "lang_head" in scores:
+            ls = self.lang_scorer
+            ls.head_scores, ls.neuron_scores = scores["lang_head"], scores["lang_neuron"]
+            ls.steps = scores["lang_steps"]
         if "layer" in scores:  # states written before elastic depth have none
             self.layer_scores, self.layer_steps = scores["layer"].to(self.device), int(scores["layer_steps"][0])
             self.model.set_layer_order(scores["layer_order"].tolist(), self.sp.layer_order)

@@ -1,4 +1,5 @@
-"""Dynamic batching on a bounded queue: requests of the same task and size run together, off the loop.
+"""Dynamic batching on a bounded queue: requests of the same task, size and language ordering run together, off
+the loop.
 
 The event loop only queues and groups; model work runs in one worker thread (right on CPU, where torch
 already uses every core per call, and on GPU, where one stream serialises work anyway). An idle worker
@@ -29,8 +30,11 @@ class Runner(Protocol):
     """What the batcher needs of an engine (tests pass a fake)."""
 
     def run(
-        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]]
+        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
     ) -> list[list[Any] | InputError]: ...
+
+
+JobKey = tuple[Task, Structure, str | None]  # (task, structure, language): what jobs must share to share a batch
 
 
 def _new_future() -> "asyncio.Future[list[Any]]":
@@ -39,13 +43,14 @@ def _new_future() -> "asyncio.Future[list[Any]]":
 
 @dataclass(eq=False)
 class Job:
-    """One request's work: its inputs at one size, with its deadline and its predicted cost."""
+    """One request's work: its inputs at one size and ordering, with its deadline and its predicted cost."""
 
     task: Task
     items: Sequence[Item]
     sparsity: float
-    structure: Structure  # the grouping key: equal structures run as one prefix slice
+    structure: Structure  # the grouping key: equal structures run as one slice (layers of depth 0 skipped)
     deadline: float  # time.monotonic() after which the result is useless
+    language: str | None = None  # a per-language ordering (None: the shared one); also part of the key
     cost_ms: float = 0.0  # predicted share of a full batch: what it adds to the wait of those behind it
     arrived: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -53,9 +58,9 @@ class Job:
     future: "asyncio.Future[list[Any]]" = field(default_factory=_new_future)
 
     @property
-    def key(self) -> tuple[Task, Structure]:
+    def key(self) -> JobKey:
         """Jobs with equal keys may share a batch."""
-        return self.task, self.structure
+        return self.task, self.structure, self.language
 
 
 class Batcher:
@@ -169,10 +174,10 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _group_size(self, key: tuple[Task, Structure]) -> int:
+    def _group_size(self, key: JobKey) -> int:
         return sum(len(j.items) for j in self._queue if j.key == key)
 
-    def _take(self, key: tuple[Task, Structure]) -> list[Job]:
+    def _take(self, key: JobKey) -> list[Job]:
         """The oldest jobs of one group, up to the max batch size (a bigger single request runs alone)."""
         self._drop_dead()
         batch: list[Job] = []
@@ -206,7 +211,7 @@ class Batcher:
 
     async def _run(self, batch: list[Job]) -> None:
         """Run one batch on the worker; settle every job (a failure fails this batch, never the server)."""
-        task, structure = batch[0].key
+        task, structure, language = batch[0].key
         size = size_label(batch[0].sparsity)
         start = time.monotonic()
         self._busy_until = start + sum(j.cost_ms for j in batch) / 1000
@@ -214,7 +219,7 @@ class Batcher:
             job.started = start
             self.metrics.queue_time.labels(size).observe(start - job.arrived)
         try:
-            results = await self.call(self.runner.run, task, structure, [j.items for j in batch])
+            results = await self.call(self.runner.run, task, structure, [j.items for j in batch], language)
         except Exception as e:  # e.g. CUDA out of memory: this batch fails, the server goes on
             log.exception("batch of %d requests failed", len(batch))
             results = [ServiceError(f"inference failed: {type(e).__name__}")] * len(batch)

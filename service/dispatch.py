@@ -1,4 +1,5 @@
-"""One inference request from body to outputs: limits, size choice, admission, and the wait for its batch.
+"""One inference request from body to outputs: limits, size (sparsity and depth) and ordering choice, admission,
+and the wait for its batch.
 
 The wait ends at the first of: the result, the deadline (504; queued work is dropped), or the client
 disconnecting (nothing more is done for it).
@@ -12,6 +13,8 @@ from typing import Any
 
 from fastapi import Request
 
+from dynsparse.errors import InputError
+from dynsparse.masks import Structure
 from service.batcher import Job
 from service.codec import Item, Task
 from service.errors import BadInput, ClientGone, DeadlineExceeded
@@ -33,15 +36,19 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
     """Serve `body` on `task`; raises a `ServiceError` (422/429/503/504) or `ClientGone`."""
     arrived = getattr(request.state, "arrived", time.monotonic())  # stamped by the middleware, before the body
     _check_limits(rt, body.inputs)
+    depth, language = _depth_and_language(rt, body)
     choice = rt.policy.select(body.sparsity, body.size, body.latency_budget_ms)
     rows, seq_len = _workload(rt, task, body.inputs)
+    # an operator's default budget is planned at full depth: with a depth, an upper bound of the latency
     sparsity, degraded = _size_for(rt, choice, rows, seq_len)
+    structure = rt.engine.structure(sparsity, depth, language)
     job = Job(
         task,
         body.inputs,
         sparsity,
-        rt.engine.structure(sparsity),
+        structure,
         deadline=arrived + rt.settings.request_timeout_s,
+        language=language,
         cost_ms=rt.planner.cost_ms(sparsity, rows, seq_len),
         arrived=arrived,
     )
@@ -58,8 +65,24 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         "inference_ms": round(job.inference_ms, 3),
         "budget_met": met,
         "degraded": degraded,
+        "depth": layers_run(structure),
+        "language": language,
     }
     return Outcome(outputs, served)
+
+
+def _depth_and_language(rt: Runtime, body: SizedRequest[Any]) -> tuple[int | None, str | None]:
+    """The request's depth (None: every layer) and ordering (None: the shared one), checked against the model:
+    a depth over its layers, or a language it has no ordering for (when it has per-language ones), is a 422."""
+    try:
+        return rt.engine.check_depth(body.depth), rt.engine.check_language(body.language)
+    except InputError as e:
+        raise BadInput(str(e)) from None
+
+
+def layers_run(structure: Structure) -> int:
+    """Layers a forward at `structure` runs: those that keep any unit (depth sets the others to (0, 0))."""
+    return sum(1 for heads, neurons in structure if heads or neurons)
 
 
 def _chars(item: Item) -> int:

@@ -2,8 +2,9 @@
 
 Every size is a prefix view of the same weights, so a batch at any sparsity costs no copy and no reload.
 An `Engine` is not thread-safe: the `Batcher` runs it on its single worker thread, off the event loop; only
-`structure` (pure bookkeeping, the batches' grouping key) is called on the loop, and the worker never calls
-the model's own `structure` while serving, since every forward gets its structure passed in.
+`structure`, `check_depth` and `check_language` (pure bookkeeping: the batches' grouping key and its checks) are
+called on the loop, and the worker never calls the model's own `structure` while serving, since every forward
+gets its structure passed in (a per-language forward only reads the model's cache of that language's rows).
 """
 
 import logging
@@ -27,7 +28,7 @@ __all__ = ["Engine", "Item", "LabelScore", "Task", "pick_device", "pick_dtype"]
 
 log = logging.getLogger(__name__)
 
-_MAX_STRUCTURES = 4096  # distinct sparsities remembered; clients may send any float
+_MAX_STRUCTURES = 4096  # distinct (sparsity, depth, language) remembered; clients may send any float
 _WARM_UP: dict[Task, Item] = {"classify": ("warm", "up"), "embed": "warm up", "tokens": "warm up",
                               "answer": ("warm?", "warm up")}  # fmt: skip
 
@@ -68,6 +69,8 @@ class Engine:
         >>> engine = Engine.load(Settings(checkpoint="runs/sst2"))
         >>> engine.run("classify", engine.structure(0.5), [["a text", ("a", "pair")]])
         [[(1, 0.93), (0, 0.71)]]
+        >>> engine.run("classify", engine.structure(0.5, depth=6, language="de"), [["ein Text"]], language="de")
+        [[(1, 0.88)]]
     """
 
     def __init__(
@@ -92,7 +95,7 @@ class Engine:
         # QA windows as long as in training (positions past it were never trained), at most the token limit
         self.window = min(self.max_tokens, int(trained_len)) if isinstance(trained_len, int) else self.max_tokens
         self._codecs = make_codecs(self.tasks, self.tokenizer, self.max_tokens, self.labels, self.window)
-        self._structures: dict[float, Structure] = {}
+        self._structures: dict[tuple[float, int | None, str | None], Structure] = {}
 
     @property
     def endpoint(self) -> Task:
@@ -118,19 +121,43 @@ class Engine:
             name = f"cpu ({n} thread{'s' if n > 1 else ''})"
         return f"{name}, {str(self.dtype).removeprefix('torch.')}"
 
-    def structure(self, sparsity: float) -> Structure:
-        """Per-layer (heads, neurons) at `sparsity`; batches are grouped by it (one prefix slice each)."""
-        hit = self._structures.get(sparsity)
+    @property
+    def layers(self) -> int:
+        """The model's layer count: the largest depth."""
+        return self.model.shape.layers
+
+    @property
+    def languages(self) -> list[str]:
+        """Languages with their own ordering (the non-shared setting); empty: one shared ordering."""
+        return list(self.model.languages)
+
+    def check_depth(self, depth: int | None) -> int | None:
+        """`depth` as the model takes it (None: every layer); an `InputError` outside 1 ... layers."""
+        return self.model.check_depth(depth)
+
+    def check_language(self, language: str | None) -> str | None:
+        """The ordering that serves `language`: itself on a checkpoint with per-language orderings (an
+        `InputError` naming them if it has none for it); None (the shared ordering) on one without."""
+        return self.model.check_language(language) if self.model.languages else None
+
+    def structure(self, sparsity: float, depth: int | None = None, language: str | None = None) -> Structure:
+        """Per-layer (heads, neurons) at `sparsity`, `depth` layers (None: all) and `language`'s ordering (None:
+        the shared one), as `check_depth` and `check_language` return them; batches are grouped by it."""
+        key = (sparsity, depth, language)
+        hit = self._structures.get(key)
         if hit is None:
-            hit = self._structures[sparsity] = self.model.structure(sparsity)
-            if len(self._structures) > _MAX_STRUCTURES:  # bound memory against clients sending every float
-                self._structures.clear()
-                self.model.set_allocation(self.model.allocation)  # also empties the model's own cache
+            if len(self._structures) >= _MAX_STRUCTURES:  # bound memory against clients sending every float
+                self._structures.clear()  # (the model bounds its own cache: never reset it from here, as the
+                # worker may be reading the model's per-language rows meanwhile)
+            hit = self._structures[key] = self.model.structure(sparsity, depth, language)
         return hit
 
     @torch.inference_mode()
-    def run(self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]]) -> list[list[Any] | InputError]:
-        """Run every request in `groups` at one size: one tokenizer call, padded chunks of the max batch.
+    def run(
+        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None = None
+    ) -> list[list[Any] | InputError]:
+        """Run every request in `groups` at one size (`structure`, from `self.structure`) and with `language`'s
+        ordering (None: the shared one): one tokenizer call, padded chunks of the max batch.
 
         Returns per group its outputs (see `codec`: classify `LabelScore`s, embed unit vectors, tokens lists of
         `EntitySpan`s, answer `AnswerSpan`s), or the `InputError` that rejects that group alone (a text over the
@@ -148,7 +175,7 @@ class Engine:
             results.append(error if error is not None else [])
             if error is None:
                 accepted.extend(e for e in mine if isinstance(e, Encoded))
-        outputs = iter(self._forward(codec, structure, [row for e in accepted for row in e.rows]))
+        outputs = iter(self._forward(codec, structure, language, [row for e in accepted for row in e.rows]))
         decoded = iter([codec.decode(e, [next(outputs) for _ in e.rows]) for e in accepted])
         for out, group in zip(results, groups, strict=True):
             if not isinstance(out, InputError):
@@ -169,22 +196,25 @@ class Engine:
             )
         return None
 
-    def _forward(self, codec: Codec, structure: Structure, rows: list[Row]) -> list[Any]:
+    def _forward(self, codec: Codec, structure: Structure, language: str | None, rows: list[Row]) -> list[Any]:
         """Outputs in row order; chunks of similar length so little compute goes to padding."""
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
         out: list[Any] = [None] * len(rows)
         for lo in range(0, len(order), self.max_batch_size):
             chunk = order[lo : lo + self.max_batch_size]
-            for i, result in zip(chunk, self._run_chunk(codec, structure, [rows[i] for i in chunk]), strict=True):
+            results = self._run_chunk(codec, structure, language, [rows[i] for i in chunk])
+            for i, result in zip(chunk, results, strict=True):
                 out[i] = result
         return out
 
-    def _run_chunk(self, codec: Codec, structure: Structure, rows: list[Row]) -> list[Any]:
+    def _run_chunk(self, codec: Codec, structure: Structure, language: str | None, rows: list[Row]) -> list[Any]:
         ids, mask, types = self._collate(rows)
         if codec.uses_head:
-            out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types, structure=structure).logits
+            out = self.model(
+                input_ids=ids, attention_mask=mask, token_type_ids=types, structure=structure, language=language
+            ).logits
         else:
-            out = self.model.encode(ids, mask, types, structure=structure)  # (B, T, H)
+            out = self.model.encode(ids, mask, types, structure=structure, language=language)  # (B, T, H)
         return codec.reduce(out, mask)
 
     def _collate(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -29,7 +29,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "request body too large"},
     422: {
         "model": ErrorResponse,
-        "description": "bad input: empty or over-long text, bad size selector, wrong types",
+        "description": "bad input: empty or over-long text, bad size selector, a depth over the model's layers "
+        "or with a latency budget, a language the checkpoint has no ordering for, wrong types",
     },
     429: {"model": ErrorResponse, "description": "queue full; see the Retry-After header"},
     503: {"model": ErrorResponse, "description": "model not ready (loading or shutting down)"},
@@ -58,6 +59,14 @@ _CLASSIFY_EXAMPLES: dict[str, Any] = {
     },
     "pair": {"summary": "a text pair", "value": {"inputs": [["A man sleeps.", "A person rests."]]}},
     "default": {"summary": "the operator's default size", "value": {"inputs": ["a gripping film"]}},
+    "depth": {
+        "summary": "fewer layers (with a width)",
+        "value": {"inputs": ["a gripping film"], "size": "small", "depth": 6},
+    },
+    "language": {
+        "summary": "the inputs' language (its own ordering, if the checkpoint has one)",
+        "value": {"inputs": ["ein packender Film"], "sparsity": 0.5, "language": "de"},
+    },
 }
 _EMBED_EXAMPLES: dict[str, Any] = {
     "size": {"summary": "a named size", "value": {"inputs": ["a sentence to embed"], "size": "small"}},
@@ -103,7 +112,9 @@ async def classify(
     response: Response,
 ) -> ClassifyResponse:
     """Label and probability per input. Choose the size with at most one of `sparsity`, `size` or
-    `latency_budget_ms`; the response says which sparsity served it and how long it took."""
+    `latency_budget_ms`, and optionally fewer layers with `depth`; name the inputs' `language` to use its own
+    ordering (checkpoints with per-language orderings). The response says which sparsity, depth and language
+    ordering served it and how long it took."""
     outcome = await dispatch(rt, request, "classify", body)
     _timing_headers(response, outcome)
     labels = rt.engine.labels
@@ -180,5 +191,6 @@ def _answer(a: AnswerSpan) -> Answer:
 
 @router.get("/sizes", summary="The sizes this server serves")
 async def sizes(rt: RuntimeDep) -> SizesResponse:
-    """Per level: sparsity, parameters, FLOPs, the checkpoint's metrics, latency measured on this server."""
+    """Per level: sparsity, parameters, FLOPs, the checkpoint's metrics, latency measured on this server (all at
+    full depth); the model's layers, its depth order and the languages with their own ordering."""
     return rt.sizes

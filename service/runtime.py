@@ -144,7 +144,15 @@ def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw:
         latency_batch=batch,
         latency_seq_len=seq_len,
         profile=[Measurement(**asdict(p)) for p in raw.points],
+        layers=engine.layers,
+        depth=_depth_record(engine.model.meta.get("depth")),
+        languages=engine.languages,
     )
+
+
+def _depth_record(record: Any) -> dict[str, Any] | None:
+    """The checkpoint's depth record (order, rule, min_layers), or None when it has none."""
+    return dict(record) if isinstance(record, dict) and record else None
 
 
 def _level(

@@ -72,6 +72,8 @@ WordsInput = Annotated[
 # {"question": ..., "context": ...}, as a (question, context) pair
 QuestionPair = Annotated[tuple[str, str], PlainValidator(_question, json_schema_input_type=QuestionInput)]
 Sparsity = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]  # strict: "0.5" or true are type errors
+# the model's layer count bounds it (checked per checkpoint); 1024 only keeps absurd numbers out of messages
+Depth = Annotated[int, Strict(), Field(ge=1, le=1024)]
 InputT = TypeVar("InputT")
 
 
@@ -86,12 +88,29 @@ class SizedRequest(BaseModel, Generic[InputT]):
     latency_budget_ms: Annotated[float, Strict(), Field(gt=0)] | None = Field(
         None, description="the largest size predicted to answer within this many ms, queue wait included"
     )
+    depth: Depth | None = Field(
+        None,
+        description="run only this many layers, the checkpoint's most important first (see GET /v1/sizes: layers, "
+        "depth); combines with sparsity, size or the default, not with latency_budget_ms",
+    )
+    language: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="the inputs' language: a checkpoint with per-language orderings (GET /v1/sizes: languages) "
+        "serves with that language's own; one without serves every language with its shared ordering",
+    )
 
     @model_validator(mode="after")
     def _one_selector(self) -> "SizedRequest[InputT]":
         given = [k for k in ("sparsity", "size", "latency_budget_ms") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of sparsity, size, latency_budget_ms; got {', '.join(given)}")
+        if self.depth is not None and self.latency_budget_ms is not None:
+            raise ValueError(
+                "depth cannot be combined with latency_budget_ms: latencies are measured at full depth only; "
+                "give depth with sparsity or size"
+            )
         return self
 
 
@@ -145,6 +164,8 @@ class Served(BaseModel):
     inference_ms: float = Field(description="the batch this request ran in (tokenize + forward)")
     budget_met: bool | None = Field(None, description="with latency_budget_ms: whether latency_ms fit it")
     degraded: bool = Field(False, description="served smaller than asked because the server was busy")
+    depth: int = Field(description="the number of layers that ran")
+    language: str | None = Field(description="the language whose ordering served it; null: the shared ordering")
 
 
 class Prediction(BaseModel):
@@ -171,6 +192,8 @@ class ClassifyResponse(Served):
                     "inference_ms": 3.1,
                     "budget_met": None,
                     "degraded": False,
+                    "depth": 12,
+                    "language": None,
                 }
             ]
         }
@@ -254,6 +277,12 @@ class SizesResponse(BaseModel):
     latency_batch: int
     latency_seq_len: int
     profile: list[Measurement] = Field(description="the latency points this server measured at start")
+    layers: int = Field(description="the model's layer count: the largest depth a request may ask")
+    depth: dict[str, Any] | None = Field(
+        description="the checkpoint's depth record: order (layers, most important first), rule, min_layers (the "
+        "smallest depth trained); null for a checkpoint trained without one (depth then drops odd layers first)"
+    )
+    languages: list[str] = Field(description="languages with their own ordering; empty: one shared ordering")
 
 
 class Health(BaseModel):

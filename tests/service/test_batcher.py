@@ -26,10 +26,14 @@ class FakeRunner:
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.delay, self.fail = delay, fail
         self.calls: list[tuple[Task, Structure, list[list[Item]]]] = []
+        self.languages: list[str | None] = []  # per call, the ordering it ran with
         self.threads: set[str] = set()
 
-    def run(self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]]) -> list[list[Any] | InputError]:
+    def run(
+        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
+    ) -> list[list[Any] | InputError]:
         self.calls.append((task, structure, [list(g) for g in groups]))
+        self.languages.append(language)
         self.threads.add(threading.current_thread().name)
         time.sleep(self.delay)
         if self.fail:
@@ -37,8 +41,11 @@ class FakeRunner:
         return [InputError("too long") if "too long" in g else [(0, 1.0)] * len(g) for g in groups]
 
 
-def job(items: Sequence[Item], structure: Structure = SMALL, timeout: float = 10.0, task: Task = "classify") -> Job:
-    return Job(task, items, 0.5, structure, deadline=time.monotonic() + timeout, cost_ms=1.0)
+def job(
+    items: Sequence[Item], structure: Structure = SMALL, timeout: float = 10.0, task: Task = "classify",
+    language: str | None = None,
+) -> Job:  # fmt: skip
+    return Job(task, items, 0.5, structure, deadline=time.monotonic() + timeout, language=language, cost_ms=1.0)
 
 
 def batcher(runner: FakeRunner, **kw: Any) -> Batcher:
@@ -57,6 +64,18 @@ async def test_requests_are_grouped_by_task_and_size_off_the_loop() -> None:
     keys = sorted((task, s, sum(len(g) for g in groups)) for task, s, groups in runner.calls)
     assert keys == sorted([("classify", SMALL, 3), ("classify", BIG, 2), ("embed", SMALL, 1)])
     assert runner.threads == {"dynsparse-engine_0"}
+
+
+async def test_requests_of_different_languages_never_share_a_batch() -> None:
+    runner = FakeRunner()
+    async with batcher(runner).running() as b:
+        jobs = [job(["a"], language="de"), job(["b"], language="en"), job(["c"]), job(["d"], language="de")]
+        for j in jobs:
+            b.submit(j)
+        await asyncio.gather(*(j.future for j in jobs))
+    ran = sorted((lang or "", sorted(i for g in groups for i in g))
+                 for lang, (_, _, groups) in zip(runner.languages, runner.calls, strict=True))  # fmt: skip
+    assert ran == [("", ["c"]), ("de", ["a", "d"]), ("en", ["b"])]
 
 
 async def test_batches_respect_the_max_batch_size() -> None:
