@@ -217,6 +217,8 @@ def _check_depth(path: Path, depth: Any, layers: int) -> None:
 
 def _check_languages(path: Path, ordering: Any) -> None:
     """Per-language orderings, when present: a short list of distinct short names."""
+    if ordering is not None and not isinstance(ordering, dict):
+        raise CheckpointError(f"{path}: ordering must be an object, got {type(ordering).__name__}")
     langs = ordering.get("languages") if isinstance(ordering, dict) else None
     if langs is None:
         return
@@ -269,6 +271,9 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _check_state(path: Path, model: ElasticModel, state: dict[str, torch.Tensor]) -> None:
     want = model.state_dict()
     missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing and all(k.startswith("language_") for k in missing):
+        langs = str(model.languages)[:200]
+        raise CheckpointError(f"{path}: holds no per-language scores, but {META} lists languages {langs}")
     if missing or extra:
         raise CheckpointError(f"{path}: tensors missing {missing[:3]} / unexpected {extra[:3]} for {CONFIG}")
     for name, t in state.items():

@@ -66,6 +66,14 @@ META_CASES: dict[str, Callable[[Any], Any] | str] = {
     "a task that is a list": _put(task=["x"]),
     "a 40 MB string": _put(family="x" * 40_000_000),
     "not an object": "[1, 2, 3]",
+    "ordering not an object": _put(ordering=[1]),
+    "languages not a list": _put(ordering={"languages": "de"}),
+    "a 10 MB language name": _put(ordering={"languages": ["x" * 10_000_000]}),
+    "languages without their scores": _put(ordering={"languages": ["de", "en"]}),
+    "depth not an object": _put(depth=3),
+    "a depth order missing a layer": _put(depth={"order": [0, 0]}),
+    "a depth order of strings": _put(depth={"order": ["0", "1"]}),
+    "min_layers beyond the layers": _put(depth={"order": [1, 0], "min_layers": 10**9}),
 }
 CONFIG_CASES: dict[str, Callable[[Any], Any] | str] = {
     "nested 100000 deep": DEEP,
