@@ -4,6 +4,9 @@ the loop.
 The event loop only queues and groups; model work runs in one worker thread (right on CPU, where torch
 already uses every core per call, and on GPU, where one stream serialises work anyway). An idle worker
 waits up to `batch_wait_ms` for a batch to fill; a busy one lets the queue fill by itself.
+
+Every finished batch calibrates the planner: its measured time against the profile's prediction for it
+(`planner.Calibration.inference`).
 """
 
 import asyncio
@@ -11,7 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from dynsparse.masks import Structure
 from service.codec import Item, Task
 from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
 from service.metrics import Metrics, size_label
+from service.planner import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,9 @@ class Job:
     structure: Structure  # the grouping key: equal structures run as one slice (layers of depth 0 skipped)
     deadline: float  # time.monotonic() after which the result is useless
     language: str | None = None  # a per-language ordering (None: the shared one); also part of the key
-    cost_ms: float = 0.0  # predicted share of a full batch: what it adds to the wait of those behind it
+    cost_ms: float = 0.0  # predicted time its rows add to the batch it runs in
+    overhead_ms: float = 0.0  # predicted time of a batch of its size besides the rows: paid once per batch
+    expected_ms: float | None = None  # time to result predicted at admission (what calibrates `latency`)
     arrived: float = field(default_factory=time.monotonic)
     started: float | None = None
     inference_ms: float = 0.0
@@ -80,6 +86,7 @@ class Batcher:
         queue_limit: int,
         degrade_at: float | None = None,
         metrics: Metrics | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
@@ -87,8 +94,8 @@ class Batcher:
         self.queue_limit = queue_limit
         self.degrade_at = degrade_at
         self.metrics = metrics or Metrics()
+        self.calibration = calibration or Calibration()
         self._queue: deque[Job] = deque()
-        self._backlog_ms = 0.0  # predicted cost of everything queued
         self._busy_until = 0.0  # predicted end of the running batch (monotonic seconds)
         self._wake = asyncio.Event()
         self._closing = False
@@ -127,9 +134,11 @@ class Batcher:
         return self.degrade_at is not None and self.depth >= self.degrade_at * self.queue_limit
 
     def wait_estimate_ms(self) -> float:
-        """Predicted wait of a request queued now: rest of the running batch + backlog + batching wait."""
+        """Predicted wait of a request queued now: rest of the running batch + backlog + batching wait, the
+        backlog scaled by how much slower than profiled batches have been running."""
         running = max(0.0, self._busy_until - time.monotonic()) * 1000
-        return running + self._backlog_ms + self.batch_wait_s * 1000
+        backlog = self.calibration.inference.factor * backlog_ms(self._queue, self.max_batch_size)
+        return running + backlog + self.batch_wait_s * 1000
 
     def submit(self, job: Job) -> None:
         """Queue `job`; a full queue raises `Overloaded` (429), a closing server `NotReady` (503)."""
@@ -139,7 +148,6 @@ class Batcher:
             retry = math.ceil(self.wait_estimate_ms() / 1000)
             raise Overloaded(f"the queue is full ({self.queue_limit} requests waiting); retry later", retry)
         self._queue.append(job)
-        self._backlog_ms += job.cost_ms
         self.metrics.queue_depth.set(self.depth)
         self._wake.set()
 
@@ -206,7 +214,6 @@ class Batcher:
             return
         gone = set(map(id, jobs))
         self._queue = deque(j for j in self._queue if id(j) not in gone)
-        self._backlog_ms = max(0.0, self._backlog_ms - sum(j.cost_ms for j in jobs))
         self.metrics.queue_depth.set(self.depth)
 
     async def _run(self, batch: list[Job]) -> None:
@@ -214,23 +221,57 @@ class Batcher:
         task, structure, language = batch[0].key
         size = size_label(batch[0].sparsity)
         start = time.monotonic()
-        self._busy_until = start + sum(j.cost_ms for j in batch) / 1000
+        predicted_ms = backlog_ms(batch, self.max_batch_size)
+        self._busy_until = start + self.calibration.inference.factor * predicted_ms / 1000
         for job in batch:
             job.started = start
             self.metrics.queue_time.labels(size).observe(start - job.arrived)
+        failed = False
         try:
             results = await self.call(self.runner.run, task, structure, [j.items for j in batch], language)
         except Exception as e:  # e.g. CUDA out of memory: this batch fails, the server goes on
             log.exception("batch of %d requests failed", len(batch))
             results = [ServiceError(f"inference failed: {type(e).__name__}")] * len(batch)
+            failed = True
         finally:
             self._busy_until = 0.0
         elapsed = time.monotonic() - start
+        if not failed:  # a failure's time says nothing about the device's speed
+            self._calibrate(batch, elapsed * 1000, predicted_ms)
         self.metrics.inference_time.labels(size).observe(elapsed)
         self.metrics.batch_size.labels(size).observe(sum(len(j.items) for j in batch))
         for job, result in zip(batch, results, strict=True):
             job.inference_ms = elapsed * 1000
             _settle(job, result)
+
+    def _calibrate(self, batch: list[Job], elapsed_ms: float, predicted_ms: float) -> None:
+        """Learn the device's speed from a finished batch (on the event loop, like every calibration update)."""
+        self.calibration.inference.update(elapsed_ms, predicted_ms)
+        self.metrics.correction.labels("inference").set(self.calibration.inference.factor)
+
+    def observe_latency(self, job: Job, latency_ms: float) -> None:
+        """Learn from a request's time to result as its handler saw it (on the event loop: after the results
+        of the jobs settled before it in its batch were sent, which the batch's own timing misses)."""
+        if job.expected_ms is not None:
+            self.calibration.latency.update(latency_ms, job.expected_ms)
+            self.metrics.correction.labels("latency").set(self.calibration.latency.factor)
+
+    def queued_keys(self) -> set[JobKey]:
+        """Groups with a batch queued: a job joining one adds only its rows to the backlog."""
+        return {j.key for j in self._queue}
+
+
+def backlog_ms(jobs: Iterable[Job], max_batch_size: int) -> float:
+    """Predicted (uncalibrated) time to run `jobs`: every job's rows, plus one batch overhead per batch each
+    group needs: jobs of different sizes never share a batch, so a mixed queue runs as several."""
+    rows: dict[JobKey, int] = {}
+    overhead: dict[JobKey, float] = {}
+    total = 0.0
+    for job in jobs:
+        rows[job.key] = rows.get(job.key, 0) + len(job.items)
+        overhead[job.key] = max(overhead.get(job.key, 0.0), job.overhead_ms)
+        total += job.cost_ms
+    return total + sum(overhead[k] * math.ceil(n / max_batch_size) for k, n in rows.items())
 
 
 def _settle(job: Job, result: list[Any] | Exception) -> None:

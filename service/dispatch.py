@@ -15,7 +15,7 @@ from fastapi import Request
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
-from service.batcher import Job
+from service.batcher import Job, JobKey
 from service.codec import Item, Task
 from service.errors import BadInput, ClientGone, DeadlineExceeded
 from service.metrics import size_label
@@ -39,8 +39,10 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
     depth, language = _depth_and_language(rt, body)
     choice = rt.policy.select(body.sparsity, body.size, body.latency_budget_ms)
     rows, seq_len = _workload(rt, task, body.inputs)
+    wait_ms, queued = rt.batcher.wait_estimate_ms(), rt.batcher.queued_keys()
+    joinable = _joinable(rt, queued, task, depth, language) if choice.budget_ms is not None else frozenset()
     # an operator's default budget is planned at full depth: with a depth, an upper bound of the latency
-    sparsity, degraded = _size_for(rt, choice, rows, seq_len)
+    sparsity, degraded = _size_for(rt, choice, rows, seq_len, wait_ms, joinable)
     structure = rt.engine.structure(sparsity, depth, language)
     job = Job(
         task,
@@ -50,11 +52,14 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         deadline=arrived + rt.settings.request_timeout_s,
         language=language,
         cost_ms=rt.planner.cost_ms(sparsity, rows, seq_len),
+        overhead_ms=rt.planner.overhead_ms(sparsity, seq_len),
         arrived=arrived,
     )
+    job.expected_ms = rt.planner.expected_ms(sparsity, wait_ms, rows, seq_len, job.key in queued)
     rt.batcher.submit(job)
     outputs = await _wait(rt, job, request)
     latency_ms = (time.monotonic() - arrived) * 1000
+    rt.batcher.observe_latency(job, latency_ms)
     met = None if choice.budget_ms is None else latency_ms <= choice.budget_ms
     _record(rt, request, sparsity, latency_ms, degraded, met)
     served = {
@@ -109,11 +114,22 @@ def _check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
             raise BadInput(f"inputs[{i}] has {_chars(item)} characters; the limit is {s.max_text_chars}")
 
 
-def _size_for(rt: Runtime, choice: Choice, n_inputs: int, seq_len: int) -> tuple[float, bool]:
-    """(sparsity, degraded): the choice, a budget's plan, or under load the smallest size."""
+def _joinable(
+    rt: Runtime, queued: set[JobKey], task: Task, depth: int | None, language: str | None
+) -> frozenset[float]:
+    """Candidate sizes with a batch queued for this task, depth and ordering: the request would join it."""
+    cands = rt.policy.candidates()
+    return frozenset(s for s in cands if (task, rt.engine.structure(s, depth, language), language) in queued)
+
+
+def _size_for(
+    rt: Runtime, choice: Choice, n_inputs: int, seq_len: int, wait_ms: float, joinable: frozenset[float]
+) -> tuple[float, bool]:
+    """(sparsity, degraded): the choice, a budget's plan (behind `wait_ms`, joining a queued batch of a size in
+    `joinable` if it picks one), or under load the smallest size."""
     if choice.budget_ms is not None:
-        wait = rt.batcher.wait_estimate_ms()
-        sparsity = rt.planner.pick(choice.budget_ms, wait, n_inputs, seq_len, rt.policy.candidates()).sparsity
+        cands = rt.policy.candidates()
+        sparsity = rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, cands, joinable).sparsity
     else:
         sparsity = rt.policy.low if choice.sparsity is None else choice.sparsity
     smallest = rt.policy.smallest

@@ -1,4 +1,5 @@
-"""Prometheus metrics: requests, errors, queue time, inference time and batch size, by size.
+"""Prometheus metrics: requests, errors, queue time, inference time and batch size, by size; the planner's
+latency corrections.
 
 Each app gets its own registry (several apps in one test process must not collide). Sizes are labelled
 by sparsity rounded to two decimals, so arbitrary client floats cannot grow the label set without bound.
@@ -47,6 +48,14 @@ class Metrics:
             "dynsparse_dropped", "Requests dropped unrun (deadline, disconnect)", ["reason"], registry=r
         )
         self.budget = Counter("dynsparse_latency_budget", "Requests with a latency budget, by met", ["met"], registry=r)
+        self.correction = Gauge(
+            "dynsparse_latency_correction",
+            "Measured / predicted latency the planner scales its predictions by (kind: inference, latency)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("inference", "latency"):
+            self.correction.labels(kind).set(1.0)  # no measurement yet: the profile as it is
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format."""

@@ -4,19 +4,24 @@ At start the server measures a few sizes x batch sizes x lengths on its own devi
 cache); any other point is interpolated: bilinear in (batch, length) at each measured size, then linear
 in sparsity between sizes. A budget picks the densest size whose predicted latency, queue wait included,
 fits; none fits -> the smallest, and the response says the budget was not met.
+
+The start-up profile is measured on a quiet device; under load (a CPU shared with clients, other jobs) the
+server runs slower than profiled, so every prediction is scaled by a correction the batcher keeps from
+what it measures while serving (`Calibration`).
 """
 
 import json
 import logging
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 _CHARS_PER_TOKEN = 3.0  # pessimistic for English subwords (~4): a budget is better met than missed
 _SPECIAL_TOKENS = 3  # [CLS] a [SEP] b [SEP]
+LATENCY_MARGIN = 3.0  # deviations of the latency ratio a budget plans for
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,53 @@ def save_profile(path: Path, profile: LatencyProfile) -> None:
         log.warning("cannot cache the latency profile at %s (%s)", path, e)
 
 
+@dataclass
+class Correction:
+    """How far measured latencies run over predicted ones: EWMAs of the ratio measured / predicted (`mean`) and
+    of its spread (`deviation`, mean absolute).
+
+    `factor` = mean + `margin` x deviation, clamped to [low, high]: margin 0 predicts the typical case (what a
+    backlog takes), a few deviations the slow tail that a budget must allow for (as TCP sets its
+    retransmission timeout). Starts at 1 with no spread; each ratio is clamped before it counts, so one
+    outlier moves it by at most `alpha` of the clamp.
+    """
+
+    alpha: float = 0.1
+    margin: float = 0.0
+    low: float = 0.5
+    high: float = 5.0
+    mean: float = 1.0
+    deviation: float = 0.0
+
+    @property
+    def factor(self) -> float:
+        """Multiply a prediction by this."""
+        return min(self.high, max(self.low, self.mean + self.margin * self.deviation))
+
+    def update(self, measured_ms: float, predicted_ms: float) -> None:
+        """One sample; a zero or non-finite prediction says nothing and is skipped."""
+        if not (predicted_ms > 0 and math.isfinite(predicted_ms) and math.isfinite(measured_ms)):
+            return
+        ratio = min(self.high, max(self.low, measured_ms / predicted_ms))
+        self.deviation += self.alpha * (abs(ratio - self.mean) - self.deviation)
+        self.mean += self.alpha * (ratio - self.mean)
+
+
+@dataclass
+class Calibration:
+    """The corrections the server learns while serving (updated on the event loop only).
+
+    `inference`: measured batch time / the profile's prediction for that batch (the device's speed now).
+    `latency`: a request's measured time to its result / `Planner.expected_ms` at admission (already scaled by
+    `inference`): what the queue model misses, e.g. jobs arriving later that share its batch or run first,
+    and the event loop's own delays.
+    """
+
+    inference: Correction = field(default_factory=Correction)
+    # samples per request (a batch's are alike: a slow memory), and a margin for the tail: budgets are p99 targets
+    latency: Correction = field(default_factory=lambda: Correction(alpha=0.02, margin=LATENCY_MARGIN))
+
+
 @dataclass(frozen=True)
 class Plan:
     """The size chosen for a budget and what it is predicted to cost, queue wait included."""
@@ -133,6 +185,7 @@ class Planner:
     profile: LatencyProfile
     max_batch_size: int
     max_tokens: int
+    calibration: Calibration = field(default_factory=Calibration, compare=False)
 
     def estimate_tokens(self, longest_chars: int) -> int:
         """Tokens of the longest text, guessed from its length (texts are tokenized later, in batches)."""
@@ -149,14 +202,46 @@ class Planner:
         chunks = math.ceil(n_inputs / self.max_batch_size)
         return chunks * self.profile.predict(sparsity, min(n_inputs, self.max_batch_size), seq_len)
 
-    def cost_ms(self, sparsity: float, n_inputs: int, seq_len: int) -> float:
-        """What a queued request adds to the wait of those behind it: its share of a full batch."""
-        full = self.profile.predict(sparsity, self.max_batch_size, seq_len)
-        return full * n_inputs / self.max_batch_size
+    def batch_costs(self, sparsity: float, seq_len: int) -> tuple[float, float]:
+        """(ms per batch, ms per row): the profile's latency as a line in the batch size. The per-batch part
+        (dispatch, a pass over every weight) is what makes two half batches dearer than one full one."""
+        one = self.profile.predict(sparsity, 1, seq_len)
+        most = max(p.batch for p in self.profile.points)
+        if most <= 1:  # no slope measured: every row costs a batch of one
+            return 0.0, one
+        per_row = min(one, max(0.0, (self.profile.predict(sparsity, most, seq_len) - one) / (most - 1)))
+        return one - per_row, per_row
 
-    def pick(self, budget_ms: float, wait_ms: float, n_inputs: int, seq_len: int, candidates: Sequence[float]) -> Plan:
-        """The densest candidate whose predicted wait + inference fits `budget_ms`, else the smallest."""
-        plans = [Plan(s, wait_ms + self.predict_ms(s, n_inputs, seq_len), False) for s in sorted(candidates)]
+    def cost_ms(self, sparsity: float, n_inputs: int, seq_len: int) -> float:
+        """What a queued request adds to the batch it joins (the batch's own cost: `overhead_ms`)."""
+        return self.batch_costs(sparsity, seq_len)[1] * n_inputs
+
+    def overhead_ms(self, sparsity: float, seq_len: int) -> float:
+        """What each batch of this size costs besides its rows: paid once per distinct size queued."""
+        return self.batch_costs(sparsity, seq_len)[0]
+
+    def expected_ms(self, sparsity: float, wait_ms: float, n_inputs: int, seq_len: int, joins: bool = False) -> float:
+        """Time to result of a request queued now behind `wait_ms` (the batcher's estimate): its rows, and a
+        batch of its own unless it `joins` a queued batch of its size; the device's measured speed applied."""
+        own = self.cost_ms if joins else self.predict_ms
+        return wait_ms + self.calibration.inference.factor * own(sparsity, n_inputs, seq_len)
+
+    def pick(
+        self,
+        budget_ms: float,
+        wait_ms: float,
+        n_inputs: int,
+        seq_len: int,
+        candidates: Sequence[float],
+        joinable: Collection[float] = (),
+    ) -> Plan:
+        """The densest candidate whose calibrated `expected_ms` fits `budget_ms`, else the smallest; a size in
+        `joinable` (a batch of it is queued) costs only its rows."""
+        factor = self.calibration.latency.factor
+        plans = [
+            Plan(s, factor * self.expected_ms(s, wait_ms, n_inputs, seq_len, s in joinable), False)
+            for s in sorted(candidates)
+        ]
         fitting = next((p for p in plans if p.predicted_ms <= budget_ms), None)
         if fitting is not None:
             return Plan(fitting.sparsity, fitting.predicted_ms, True)

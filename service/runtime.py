@@ -58,7 +58,7 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
     async with batcher.running():
         profile = await batcher.call(_profile, engine, policy, settings)
         await batcher.call(engine.warmup, _warm_sizes(policy))
-        planner = Planner(profile.monotone(), settings.max_batch_size, engine.max_tokens)
+        planner = Planner(profile.monotone(), settings.max_batch_size, engine.max_tokens, batcher.calibration)
         table = size_table(engine, policy, planner.profile, raw=profile)
         runtime = Runtime(settings, engine, policy, planner, batcher, metrics, table)
         log.info(

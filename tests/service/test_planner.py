@@ -65,7 +65,10 @@ def test_queue_wait_counts_against_the_budget() -> None:
 def test_requests_over_the_batch_size_run_in_chunks() -> None:
     planner = Planner(make_profile(), 8, 128)
     assert planner.predict_ms(0.0, 16, 16) == pytest.approx(2 * planner.predict_ms(0.0, 8, 16))
-    assert planner.cost_ms(0.0, 4, 16) == pytest.approx(planner.predict_ms(0.0, 8, 16) / 2)
+    per_batch, per_row = planner.batch_costs(0.0, 16)  # what a request adds to a batch it joins: its rows
+    assert planner.cost_ms(0.0, 4, 16) == pytest.approx(4 * per_row) and per_batch + 8 * per_row == pytest.approx(
+        planner.predict_ms(0.0, 8, 16)
+    )
 
 
 def test_token_estimate_is_capped() -> None:

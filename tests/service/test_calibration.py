@@ -1,0 +1,156 @@
+"""The planner's online calibration: corrections learned from measured latencies, the batch cost model and
+the queue's wait estimate (pure: no timing assertions)."""
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import pytest
+from test_batcher import FakeRunner
+from test_planner import make_profile
+
+from dynsparse.masks import Structure
+from service.batcher import Batcher, Job, backlog_ms
+from service.metrics import Metrics
+from service.planner import Calibration, Correction, Planner
+
+pytestmark = pytest.mark.anyio
+
+SMALL: Structure = ((1, 8),)
+BIG: Structure = ((4, 64),)
+
+
+def job(n: int = 1, structure: Structure = SMALL, cost_ms: float = 1.0, overhead_ms: float = 10.0) -> Job:
+    items: Sequence[str] = ["x"] * n
+    return Job("classify", items, 0.5, structure, time.monotonic() + 60, cost_ms=cost_ms, overhead_ms=overhead_ms)
+
+
+def test_a_correction_starts_at_one_and_converges_to_the_measured_ratio() -> None:
+    c = Correction(alpha=0.1)
+    assert c.factor == 1.0
+    for _ in range(200):
+        c.update(30.0, 10.0)
+    assert c.factor == pytest.approx(3.0, rel=1e-3)
+    for _ in range(200):  # the device got faster again: it follows
+        c.update(8.0, 10.0)
+    assert c.factor == pytest.approx(0.8, rel=1e-3)
+
+
+def test_each_sample_moves_it_by_alpha() -> None:
+    c = Correction(alpha=0.25)
+    c.update(20.0, 10.0)
+    assert c.factor == pytest.approx(1.25)
+
+
+def test_a_correction_is_clamped_and_ignores_meaningless_samples() -> None:
+    c = Correction(alpha=0.5, low=0.5, high=5.0)
+    for _ in range(50):
+        c.update(1e6, 1.0)
+    assert c.factor == pytest.approx(5.0)
+    for _ in range(50):
+        c.update(0.0, 1.0)
+    assert c.factor == pytest.approx(0.5)
+    before = c.factor
+    for measured, predicted in ((5.0, 0.0), (5.0, -1.0), (float("nan"), 1.0), (1.0, float("inf"))):
+        c.update(measured, predicted)
+    assert c.factor == before
+
+
+def test_one_outlier_moves_it_at_most_alpha_of_the_clamp() -> None:
+    c = Correction(alpha=0.1, high=5.0)
+    c.update(1e9, 1.0)
+    assert c.factor == pytest.approx(1.0 + 0.1 * (5.0 - 1.0))
+
+
+def test_a_margin_plans_for_the_spread_of_the_ratio() -> None:
+    steady, noisy = Correction(alpha=0.05, margin=3.0), Correction(alpha=0.05, margin=3.0)
+    for i in range(400):
+        steady.update(15.0, 10.0)
+        noisy.update(10.0 if i % 2 else 20.0, 10.0)  # the same mean ratio, 1.5, with a spread
+    assert steady.factor == pytest.approx(1.5, rel=1e-3)
+    assert noisy.mean == pytest.approx(1.5, abs=0.05) and noisy.factor > 2.5
+
+
+def test_batch_costs_are_the_profile_as_a_line_in_the_batch_size() -> None:
+    planner = Planner(make_profile(), max_batch_size=32, max_tokens=128)
+    for s in (0.0, 0.45, 0.9):
+        per_batch, per_row = planner.batch_costs(s, 64)
+        assert per_batch > 0 and per_row > 0
+        for b in (1, 8):
+            assert per_batch + b * per_row == pytest.approx(planner.profile.predict(s, b, 64))
+        assert planner.overhead_ms(s, 64) == per_batch and planner.cost_ms(s, 3, 64) == pytest.approx(3 * per_row)
+
+
+def test_a_slower_device_than_profiled_picks_a_smaller_size() -> None:
+    planner = Planner(make_profile(), max_batch_size=8, max_tokens=128)
+    candidates = [0.0, 0.3, 0.6, 0.9]
+    budget = planner.predict_ms(0.0, 1, 16) * 1.1
+    assert planner.pick(budget, 0.0, 1, 16, candidates).sparsity == 0.0
+    for _ in range(100):  # batches ran 1.8x slower than the profile said
+        planner.calibration.inference.update(18.0, 10.0)
+    plan = planner.pick(budget, 0.0, 1, 16, candidates)
+    assert plan.fits and plan.sparsity > 0.0
+    assert plan.predicted_ms == pytest.approx(
+        planner.calibration.inference.factor * planner.predict_ms(plan.sparsity, 1, 16)
+    )
+
+
+def test_the_latency_correction_scales_the_queue_wait_too() -> None:
+    planner = Planner(make_profile(), max_batch_size=8, max_tokens=128, calibration=Calibration())
+    alone = planner.predict_ms(0.0, 1, 16)
+    budget = 10.0 + alone + 0.01
+    assert planner.pick(budget, 10.0, 1, 16, [0.0, 0.9]).sparsity == 0.0
+    for _ in range(100):  # requests took twice as long as the queue model said
+        planner.calibration.latency.update(2.0, 1.0)
+    plan = planner.pick(budget, 10.0, 1, 16, [0.0, 0.9])
+    assert plan.sparsity == 0.9
+    assert plan.predicted_ms == pytest.approx(
+        planner.calibration.latency.factor * (10.0 + planner.predict_ms(0.9, 1, 16))
+    )
+
+
+def test_joining_a_queued_batch_costs_only_its_rows() -> None:
+    planner = Planner(make_profile(), max_batch_size=8, max_tokens=128)
+    alone, joined = planner.expected_ms(0.0, 5.0, 1, 16), planner.expected_ms(0.0, 5.0, 1, 16, joins=True)
+    assert alone == pytest.approx(5.0 + planner.predict_ms(0.0, 1, 16))
+    assert joined == pytest.approx(5.0 + planner.cost_ms(0.0, 1, 16)) and joined < alone
+    budget = (alone + joined) / 2  # the dense size fits only by joining the dense batch already queued
+    assert planner.pick(budget, 5.0, 1, 16, [0.0, 0.9]).sparsity == 0.9
+    assert planner.pick(budget, 5.0, 1, 16, [0.0, 0.9], joinable={0.0}).sparsity == 0.0
+
+
+async def test_the_backlog_counts_one_batch_per_distinct_size_queued() -> None:
+    same = [job(), job(), job()]
+    mixed = [job(structure=SMALL), job(structure=BIG), job(structure=((2, 16),))]
+    assert backlog_ms(same, max_batch_size=8) == pytest.approx(3 * 1.0 + 10.0)
+    assert backlog_ms(mixed, max_batch_size=8) == pytest.approx(3 * 1.0 + 3 * 10.0)
+    big = [job(5, cost_ms=5.0), job(5, cost_ms=5.0)]  # 10 rows of one size: 2 batches of at most 8
+    assert backlog_ms(big, max_batch_size=8) == pytest.approx(10.0 + 2 * 10.0)
+    assert backlog_ms([], max_batch_size=8) == 0.0
+
+
+async def test_the_wait_estimate_counts_batches_and_the_measured_speed() -> None:
+    b = Batcher(FakeRunner(), max_batch_size=8, batch_wait_ms=0, queue_limit=16)  # never started: nothing runs
+    for j in (job(), job(), job(structure=BIG)):
+        b.submit(j)
+    assert b.wait_estimate_ms() == pytest.approx(3 * 1.0 + 2 * 10.0)
+    for _ in range(100):
+        b.calibration.inference.update(20.0, 10.0)
+    assert b.wait_estimate_ms() == pytest.approx(b.calibration.inference.factor * (3 * 1.0 + 2 * 10.0))
+    assert b.queued_keys() == {("classify", SMALL, None), ("classify", BIG, None)}
+
+
+async def test_finished_work_updates_the_corrections_and_their_gauges() -> None:
+    metrics = Metrics()
+    b = Batcher(FakeRunner(delay=0.02), max_batch_size=8, batch_wait_ms=0, queue_limit=16, metrics=metrics)
+    async with b.running():
+        j = job(cost_ms=1.0, overhead_ms=0.0)  # predicted 1 ms; the runner sleeps 20
+        j.expected_ms = 10.0
+        b.submit(j)
+        await asyncio.wait_for(j.future, 10)
+    assert b.calibration.inference.factor > 1.0
+    b.observe_latency(j, 30.0)
+    assert b.calibration.latency.mean == pytest.approx(1.0 + b.calibration.latency.alpha * 2.0)
+    body = metrics.render()[0].decode()
+    assert 'dynsparse_latency_correction{kind="inference"}' in body
+    assert f'dynsparse_latency_correction{{kind="latency"}} {b.calibration.latency.factor}' in body
