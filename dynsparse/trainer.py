@@ -380,4 +380,24 @@ class Trainer:
         if "layer" in scores:  # states written before elastic depth have none
             self.layer_scores, self.layer_steps = scores["layer"].to(self.device), int(scores["layer_steps"][0])
             self.model.set_layer_order(scores["layer_order"].tolist(), self.sp.layer_order)
+        if self.world.is_main:
+            self._truncate_log(self.state.step)
         log.info("resumed from %s at step %d", path, self.state.step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop the records of steps after `step` (logged by the run that stopped), so the resumed run's records
+        for those steps are the only ones."""
+        if not self.log_path.is_file():
+            return
+        kept = [line for line in self.log_path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
+        tmp = self.log_path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.log_path)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a train_log.jsonl line; infinity for a line a killed run left half-written (it goes)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

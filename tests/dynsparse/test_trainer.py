@@ -30,9 +30,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_dir: Path, t
         else:
             p.unlink()
     assert sorted(x.name for x in part.glob("checkpoint-*")) == ["checkpoint-16"]  # save_total_limit 2
+    with open(part / "train_log.jsonl", "a") as f:
+        f.write('{"step": 2')  # the line a killed run was writing
     train_tiny(tiny_dir, part, max_steps=24, save_steps=8, eval_steps=8, resume_from_checkpoint="latest")
     a, b = load_file(str(full / "model.safetensors")), load_file(str(part / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    steps = [json.loads(line)["step"] for line in (part / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in (full / "train_log.jsonl").read_text().splitlines()]
 
 
 def test_resume_from_missing_state_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
