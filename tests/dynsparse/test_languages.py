@@ -138,3 +138,20 @@ def test_a_hostile_language_list_is_refused(multi: Path, tmp_path: Path) -> None
     (bad / "dynsparse.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="language_head_scores has shape"):
         dynsparse.load(str(bad))
+
+
+def test_an_export_keeps_a_languages_own_units(multi: Path, tmp_path: Path) -> None:
+    from dynsparse.export import export
+
+    model = dynsparse.load(str(multi))
+    small = torch.jit.load(str(export(model, 0.7, tmp_path / "aa", "torch", language="aa")))
+    with torch.no_grad():
+        want = model(input_ids=IDS, attention_mask=MASK, sparsity=0.7, language="aa").logits
+        assert torch.allclose(small(IDS, MASK), want, atol=1e-5)
+        shared = model(input_ids=IDS, attention_mask=MASK, sparsity=0.7).logits
+        assert not torch.allclose(want, shared)  # its own units, not the shared prefix
+    assert json.loads((tmp_path / "aa" / "dynsparse_export.json").read_text())["language"] == "aa"
+    r = subprocess.run([sys.executable, "-m", "dynsparse.cli", "export", str(multi), "--sparsity", "0.5", "--format",
+                        "torch", "--language", "fr", "--output", str(tmp_path / "fr")],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "no ordering for language 'fr'" in r.stderr and not (tmp_path / "fr").exists()
