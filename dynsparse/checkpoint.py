@@ -82,8 +82,8 @@ def build_meta(model: ElasticModel, weights_sha256: str) -> dict[str, Any]:
         ordering={
             "stored": "prefix",
             "scores": ["head_scores", "neuron_scores"],
-            "estimator": meta.get("ordering", {}).get("estimator", "natural"),
-            "mode": meta.get("ordering", {}).get("mode", "once-for-all"),
+            "estimator": (meta.get("ordering") or {}).get("estimator", "natural"),
+            "mode": (meta.get("ordering") or {}).get("mode", "once-for-all"),
             **({"languages": model.languages, "language_scores": ["language_head_scores", "language_neuron_scores"]}
                if model.languages else {}),  # the non-shared setting: one more ordering per language
         },  # fmt: skip
@@ -206,8 +206,9 @@ def _check_depth(path: Path, depth: Any, layers: int) -> None:
     """The elastic-depth record, when present: an order ranking each layer once, a minimum within the layers."""
     if depth is None:
         return
-    order = depth.get("order") if isinstance(depth, dict) else None
-    least = depth.get("min_layers", layers) if isinstance(depth, dict) else None
+    if not isinstance(depth, dict):
+        raise CheckpointError(f"{path}: depth must be an object, got {type(depth).__name__}")
+    order, least = depth.get("order"), depth.get("min_layers", layers)
     if order is not None and (not isinstance(order, list) or sorted(map(str, order)) != sorted(map(str, range(layers)))
                               or not all(type(i) is int for i in order)):  # fmt: skip
         raise CheckpointError(f"{path}: depth.order must rank each of the {layers} layers once, got {order!r:.100}")

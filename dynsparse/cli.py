@@ -164,7 +164,7 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
                            per_language=args.ordering == "auto")  # fmt: skip
     info = level_info(model, model.meta.get("base_model", path), device, args.latency_batch, args.latency_seq_len)
     write_levels(rows, out, task.main_metric, {**info, "checkpoint": path, "data": args.validation_file})
-    ordering = model.meta.get("ordering", {})
+    ordering = model.meta.get("ordering") or {}
     label = f"{ordering.get('estimator', 'natural')}, {ordering.get('mode', 'once-for-all')}"
     return rows, task.main_metric, label
 

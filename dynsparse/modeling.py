@@ -163,13 +163,13 @@ class ElasticModel(nn.Module):
         self._structures: dict[tuple[float, int | None, str | None], Structure] = {}
         self._ranking: GlobalRanking | None = None
         # Non-shared setting: one more ordering per language, as scores of the stored units (None: shared only).
-        self.languages: list[str] = list(self.meta.get("ordering", {}).get("languages") or [])
+        self.languages: list[str] = list((self.meta.get("ordering") or {}).get("languages") or [])
         n, lay = len(self.languages), shape.layers
         self.register_buffer("language_head_scores", torch.zeros(n, lay, shape.heads) if n else None)
         self.register_buffer("language_neuron_scores", torch.zeros(n, lay, shape.intermediate) if n else None)
-        self._rows: dict[tuple[str, Structure], list[UnitRows]] = {}
+        self._rows: dict[tuple[str, Structure, str], list[UnitRows]] = {}
         # Depth: layers ranked most important first; depth d keeps the first d of them (nested like width).
-        self.layer_order: list[int] = list(self.meta.get("depth", {}).get("order") or every_other(shape.layers))
+        self.layer_order: list[int] = list((self.meta.get("depth") or {}).get("order") or every_other(shape.layers))
 
     # -- sizes -------------------------------------------------------------------------------------
     def structure(self, sparsity: float, depth: int | None = None, language: str | None = None) -> Structure:
@@ -214,7 +214,7 @@ class ElasticModel(nn.Module):
         self.languages = list(languages)
         self.language_head_scores = head.detach().float().to(self.head_scores.device)
         self.language_neuron_scores = neuron.detach().float().to(self.head_scores.device)
-        self.meta["ordering"] = {**self.meta.get("ordering", {}), "languages": self.languages}
+        self.meta["ordering"] = {**(self.meta.get("ordering") or {}), "languages": self.languages}
         self._structures.clear()
         self._rows.clear()
 
@@ -225,7 +225,7 @@ class ElasticModel(nn.Module):
 
     def unit_rows(self, language: str, structure: Structure) -> list[UnitRows]:
         """Per layer, the stored rows a language's ordering keeps at `structure` (cached, bounded)."""
-        key = (language, structure)
+        key = (language, structure, str(self.head_scores.device))  # a moved model needs its indices where it is
         if key not in self._rows:
             if len(self._rows) >= 256:
                 self._rows.clear()
@@ -254,7 +254,7 @@ class ElasticModel(nn.Module):
         if sorted(order) != list(range(self.shape.layers)):
             raise ValueError(f"a layer order must rank each of the {self.shape.layers} layers once, got {order}")
         self.layer_order = list(order)
-        self.meta["depth"] = {**self.meta.get("depth", {}), "order": self.layer_order, "rule": rule}
+        self.meta["depth"] = {**(self.meta.get("depth") or {}), "order": self.layer_order, "rule": rule}
         self._structures.clear()
 
     def costs(self, sparsity: float, seq_len: int, depth: int | None = None) -> dict[str, float]:

@@ -32,6 +32,13 @@ def rewire(
             _permute_rows(getattr(layer, name), rows, optimizer)
         for name in _NEURON_ROWS:
             _permute_rows(getattr(layer, name), n_order, optimizer)
+    if model.language_head_scores is not None and model.language_neuron_scores is not None:
+        n = len(model.languages)  # each language's scores follow their units to the new positions
+        model.set_language_scores(
+            model.languages,
+            torch.gather(model.language_head_scores.cpu(), 2, head_order.expand(n, -1, -1)),
+            torch.gather(model.language_neuron_scores.cpu(), 2, neuron_order.expand(n, -1, -1)),
+        )
     model.set_scores(
         torch.gather(head_scores.cpu(), 1, head_order).to(model.head_scores),
         torch.gather(neuron_scores.cpu(), 1, neuron_order).to(model.neuron_scores),

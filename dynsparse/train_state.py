@@ -122,8 +122,9 @@ def load_state(
     state = _read(path / "trainer_state.json", _trainer_state)
     scores = _read(path / "importance.safetensors", lambda f: load_file(str(f), device=str(device)))
     if "language_head_scores" in weights and model.language_head_scores is None:  # saved after per-language rewiring
-        langs = _read(path / META, read_meta).get("ordering", {}).get("languages") or []
-        model.set_language_scores(langs, weights["language_head_scores"], weights["language_neuron_scores"])
+        langs = (_read(path / META, read_meta).get("ordering") or {}).get("languages") or []
+        _read(path / WEIGHTS, lambda f: model.set_language_scores(
+            langs, weights["language_head_scores"], weights["language_neuron_scores"]))  # fmt: skip
     _read(path / WEIGHTS, lambda f: model.load_state_dict(weights))  # a state of another model: shapes differ
     model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())
     _read(path / "optimizer.pt", lambda f: optimizer.load_state_dict(optim))

@@ -31,7 +31,7 @@ from dynsparse.errors import InputError
 from dynsparse.evaluate import predict_levels
 from dynsparse.importance import LanguageScorer, LearnedScorer, Scorer, TaylorScorer, magnitude_scores
 from dynsparse.modeling import ElasticModel, every_other
-from dynsparse.rewire import rewire, unit_order
+from dynsparse.rewire import rewire
 from dynsparse.schedule import batch_indices, sample_depths, sample_sizes, total_steps
 from dynsparse.tasks import Task
 from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state
@@ -114,6 +114,10 @@ class Trainer:
         langs = sorted({str(x) for x in self.train_ds[LANGUAGE]})
         if len(langs) < 2:
             raise InputError(f"--orderings per-language needs at least two languages in the data, found {langs}")
+        bad = [x for x in self.train_ds[LANGUAGE] if not isinstance(x, str) or not 0 < len(x) <= 64]
+        if bad or len(langs) > 256:
+            raise InputError(f"--orderings per-language: languages must be 1-64 character names, at most 256 of "
+                             f"them; found {len(langs)}, e.g. {(bad or langs)[0]!r:.80}")  # fmt: skip
         return langs
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -182,14 +186,9 @@ class Trainer:
     def _rewire(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> None:
         if self.gated:
             self.scorer.fold(self.model)  # learned gates become part of the weights (Taylor's are ones)
-        if self.lang_scorer is not None:  # each language's scores follow their units to the new positions
-            lh, ln = self.lang_scorer.scores()
-            n = len(self.languages)
-            lh = torch.gather(lh.cpu(), 2, unit_order(head_scores.cpu()).expand(n, -1, -1))
-            ln = torch.gather(ln.cpu(), 2, unit_order(neuron_scores.cpu()).expand(n, -1, -1))
+        if self.lang_scorer is not None:  # as the units stand now; `rewire` moves them with their units
+            self.model.set_language_scores(self.languages, *self.lang_scorer.scores())
         rewire(self.model, head_scores, neuron_scores, self.optimizer)
-        if self.lang_scorer is not None:
-            self.model.set_language_scores(self.languages, lh, ln)
         if self.sp.layer_order == "taylor" and self.layer_steps:
             order = torch.sort(self.layer_scores.cpu(), descending=True, stable=True).indices.tolist()
             self.model.set_layer_order(order, "taylor")
@@ -204,7 +203,7 @@ class Trainer:
         step, seed = self.state.step, self.args.seed
         depths: list[int | None] = [None]
         if dense_phase or self.fine_tune:
-            sizes = [self.sp.min_sparsity]
+            sizes = [0.0]  # the whole model: the gates cover every unit
         else:
             sizes = sample_sizes(step, seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step)
             depths = sample_depths(step, seed, self.min_depth, self.model.shape.layers, len(sizes))
@@ -250,6 +249,8 @@ class Trainer:
                                    layer_mask=layer_gate)  # fmt: skip
                 loss = self.task.loss(out.logits, batch.labels)
             self.scaler.scale(loss * scale).backward()
+        if self.scaler.is_enabled():  # fp16: the gates' gradients carry the loss scale, and overflow on some steps
+            self._unscale(gates[0], gates[1], layer_gate)
         if dense_phase and self.lang_scorer is not None and batch.languages is not None:
             assert isinstance(self.scorer, TaylorScorer) and gates[0] is not None and gates[1] is not None
             self.scorer.add(*self.lang_scorer.update(gates[0], gates[1], batch.languages))
@@ -271,6 +272,8 @@ class Trainer:
                         logits = self.wrapped(**inputs, sparsity=s, depth=d, language=lang).logits
                         distill = self.task.distill(logits, target, labels, t)
                         sub = weight * (a * distill + (1 - a) * self.task.loss(logits, labels))
+                    if rows is not None and not torch.isfinite(sub):  # a language's rows with no labelled token
+                        continue
                     self.scaler.scale(sub * scale).backward()
                 losses[s] += sub.item()
         return losses
@@ -295,6 +298,14 @@ class Trainer:
         average_(self.world, head_gate.grad, neuron_gate.grad)
         self.scorer.update(head_gate, neuron_gate)
 
+    def _unscale(self, *gates: torch.Tensor | None) -> None:
+        """Divide the loss scale out of the gates' gradients; an overflow step's become zeros (skipping it instead
+        would desynchronise the ranks' all-reduces of the scores)."""
+        scale = self.scaler.get_scale()
+        for g in gates:
+            if g is not None and g.grad is not None:
+                g.grad.div_(scale).nan_to_num_(0.0, 0.0, 0.0)
+
     def _update_layer_scores(self, gate: torch.Tensor) -> None:
         """Taylor importance of whole layers: |dL/dg| of a gate on each layer's residual branch (g = 0 drops it)."""
         if gate.grad is None:
@@ -307,7 +318,7 @@ class Trainer:
         """Record the elastic depth range and, for a fixed rule, the order layers drop in (taylor's comes at
         rewiring, from the layer gates)."""
         layers, rule = self.model.shape.layers, self.sp.layer_order
-        self.model.meta["depth"] = {**self.model.meta.get("depth", {}), "min_layers": self.min_depth or layers}
+        self.model.meta["depth"] = {**(self.model.meta.get("depth") or {}), "min_layers": self.min_depth or layers}
         if rule == "every-other":
             self.model.set_layer_order(every_other(layers), rule)
         elif rule == "top":
@@ -374,6 +385,9 @@ class Trainer:
         self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler, self.world.rank)
         self.scorer.load(scores["head"], scores["neuron"], int(scores["steps"][0]))
         if self.lang_scorer is not None and "lang_head" in scores:
+            if scores["lang_head"].shape[0] != len(self.languages):
+                raise InputError(f"{path}: its per-language scores are for {scores['lang_head'].shape[0]} languages, "
+                                 f"the training data has {len(self.languages)}")  # fmt: skip
             ls = self.lang_scorer
             ls.head_scores, ls.neuron_scores = scores["lang_head"], scores["lang_neuron"]
             ls.steps = scores["lang_steps"]
@@ -389,7 +403,8 @@ class Trainer:
         for those steps are the only ones."""
         if not self.log_path.is_file():
             return
-        kept = [line for line in self.log_path.read_text().splitlines(keepends=True) if _logged_step(line) <= step]
+        kept = [line.rstrip("\n") + "\n" for line in self.log_path.read_text().splitlines(keepends=True)
+                if _logged_step(line) <= step]  # fmt: skip
         tmp = self.log_path.with_suffix(".tmp")
         tmp.write_text("".join(kept))
         tmp.replace(self.log_path)

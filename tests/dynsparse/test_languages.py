@@ -155,3 +155,16 @@ def test_an_export_keeps_a_languages_own_units(multi: Path, tmp_path: Path) -> N
                         "torch", "--language", "fr", "--output", str(tmp_path / "fr")],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "no ordering for language 'fr'" in r.stderr and not (tmp_path / "fr").exists()
+
+
+def test_rewiring_moves_each_languages_scores_with_its_units(tmp_path: Path) -> None:
+    from dynsparse.rewire import rewire
+
+    model = dynsparse.from_pretrained(str(make_tiny("bert", tmp_path / "bert"))).eval()
+    s = model.shape
+    model.set_language_scores(["de", "en"], torch.rand(2, s.layers, s.heads), torch.rand(2, s.layers, s.intermediate))
+    with torch.no_grad():
+        before = [model(input_ids=IDS, attention_mask=MASK, sparsity=0.6, language=x).logits for x in ("de", "en")]
+        rewire(model, torch.rand(s.layers, s.heads), torch.rand(s.layers, s.intermediate))  # a new shared order
+        after = [model(input_ids=IDS, attention_mask=MASK, sparsity=0.6, language=x).logits for x in ("de", "en")]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(before, after, strict=True))

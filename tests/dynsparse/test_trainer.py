@@ -100,3 +100,11 @@ def test_each_run_logs_only_to_its_own_train_log(tiny_dir: Path, tmp_path: Path)
         root.setLevel(level)
     assert size > 0 and (first / "train.log").stat().st_size == size
     assert (tmp_path / "second" / "train.log").stat().st_size > 0 and len(root.handlers) == handlers
+
+
+def test_a_trained_range_above_zero_scores_the_whole_model_first(tiny_dir: Path, tmp_path: Path) -> None:
+    """--min_sparsity > 0: the importance phase and --mode fine-tune run the full model (the gates cover every unit)."""
+    for mode in ("once-for-all", "fine-tune"):
+        out = train_tiny(tiny_dir, tmp_path / mode, sparsity={"min_sparsity": 0.2, "mode": mode}, max_steps=12)
+        meta = json.loads((out / "dynsparse.json").read_text())
+        assert meta["sparsity_range"] == [0.2, 0.9] and meta["levels"][0]["sparsity"] == 0.2
