@@ -2,7 +2,7 @@
 the parameter count but cost almost no compute ("fast is not small")."""
 
 from dynsparse.family import EncoderShape
-from dynsparse.masks import Structure
+from dynsparse.masks import Structure, layers_kept
 
 
 def head_cost(shape: EncoderShape) -> int:
@@ -27,8 +27,7 @@ def embedding_params(shape: EncoderShape) -> int:
 
 def encoder_params(shape: EncoderShape, structure: Structure) -> int:
     """Transformer layers only: prunable units plus the output biases and LayerNorms of every layer kept."""
-    layers = sum(1 for h, n in structure if h or n)  # a layer dropped by depth is (0, 0)
-    return prunable_params(shape, structure) + 6 * shape.hidden * layers
+    return prunable_params(shape, structure) + 6 * shape.hidden * layers_kept(structure)
 
 
 def classifier_params(shape: EncoderShape) -> int:

@@ -1,15 +1,26 @@
 """Data loading through `datasets`: csv/tsv/json/jsonl files (or a hub name), column detection, tokenisation."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from datasets import ClassLabel, Dataset
 
 from dynsparse.config import DataArguments
 from dynsparse.errors import InputError
 
+T = TypeVar("T")
+
 LANGUAGE = "language"  # a column of this name splits the results by language
+
+
+def group_rows(values: Sequence[T]) -> dict[T, list[int]]:
+    """Row indices per distinct value, in order of first appearance (e.g. each language's rows of a batch)."""
+    rows: dict[T, list[int]] = {}
+    for i, v in enumerate(values):
+        rows.setdefault(v, []).append(i)
+    return rows
 _EXT = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 _TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "premise")
 _PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis"}

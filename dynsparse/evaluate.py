@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dynsparse.data import LANGUAGE
+from dynsparse.data import LANGUAGE, group_rows
 from dynsparse.modeling import ElasticModel
 from dynsparse.profile import measure_latency
 from dynsparse.tasks import Task
@@ -81,8 +81,8 @@ def _logits(
     if langs is None or not any(langs):
         return model(**batch, sparsity=sparsity, depth=depth).logits
     out: Tensor | None = None
-    for lang in dict.fromkeys(langs):  # each language once, in order of appearance
-        rows = torch.tensor([i for i, x in enumerate(langs) if x == lang], device=batch["input_ids"].device)
+    for lang, idx in group_rows(langs).items():
+        rows = torch.tensor(idx, device=batch["input_ids"].device)
         part = model(**{k: v[rows] for k, v in batch.items()}, sparsity=sparsity, depth=depth, language=lang).logits
         if out is None:
             out = part.new_empty((len(langs), *part.shape[1:]))
@@ -95,9 +95,7 @@ def languages(ds: Dataset) -> dict[str, list[int]]:
     """Row indices per value of the `language` column (none without one, or with a single language)."""
     if LANGUAGE not in ds.column_names:
         return {}
-    rows: dict[str, list[int]] = {}
-    for i, lang in enumerate(ds[LANGUAGE]):
-        rows.setdefault(str(lang), []).append(i)
+    rows = group_rows([str(lang) for lang in ds[LANGUAGE]])
     return dict(sorted(rows.items())) if len(rows) > 1 else {}
 
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
-from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_sparsity
+from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_sparsity, take_rows
 
 ExportFormat = Literal["onnx", "torch"]
 FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch")
@@ -103,16 +103,16 @@ def _tokenizer_gives_types(tokenizer: Any) -> bool:
 def _slice_layer(layer: ElasticLayer, heads: int, neurons: int, rows: UnitRows | None = None) -> ElasticLayer:
     """The layer's kept units: a prefix, or a language's rows (stored in that order, so the copy is a prefix)."""
     a = heads * layer.head_dim
-    kept: dict[str, Tensor] = {
-        **{n: torch.arange(a) if rows is None else rows.heads.cpu() for n in _HEAD_PARAMS},
-        **{n: torch.arange(neurons) if rows is None else rows.neurons.cpu() for n in _NEURON_PARAMS},
+    kept: dict[str, tuple[int, Tensor | None]] = {
+        **dict.fromkeys(_HEAD_PARAMS, (a, rows.heads if rows is not None else None)),
+        **dict.fromkeys(_NEURON_PARAMS, (neurons, rows.neurons if rows is not None else None)),
     }
-    # Pre-seeding deepcopy's memo puts the kept rows in place of the full-width parameters, so those are
-    # never copied; index_select gives fresh storage, so the export never aliases `model`.
+    # Pre-seeding deepcopy's memo puts the kept rows (as the layer's own forward selects them) in place of the
+    # full-width parameters, so those are never copied; the clones own fresh storage, never aliasing `model`.
     memo: dict[int, Any] = {
-        id(getattr(layer, name)): nn.Parameter(getattr(layer, name).detach().index_select(0, idx.to(
-            getattr(layer, name).device))) for name, idx in kept.items()
-    }  # fmt: skip
+        id(getattr(layer, name)): nn.Parameter(take_rows(getattr(layer, name).detach(), k, idx).clone())
+        for name, (k, idx) in kept.items()
+    }
     return copy.deepcopy(layer, memo)
 
 

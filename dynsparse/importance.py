@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from dynsparse.data import group_rows
 from dynsparse.modeling import ElasticLayer, ElasticModel
 
 
@@ -164,12 +165,11 @@ class LanguageScorer:
         if head_gate.grad is None or neuron_gate.grad is None:
             raise RuntimeError("gates have no gradient: call update after loss.backward()")
         gh, gn = head_gate.grad.detach().float(), neuron_gate.grad.detach().float()
-        for i, lang in enumerate(self.languages):
-            rows = torch.tensor([r for r, x in enumerate(languages) if x == lang], dtype=torch.long)
-            if len(rows):
-                self.head_scores[i] += gh[rows.to(gh.device)].sum(0).abs()
-                self.neuron_scores[i] += gn[rows.to(gn.device)].sum(0).abs()
-                self.steps[i] += 1
+        for lang, idx in group_rows(languages).items():
+            i, rows = self.languages.index(lang), torch.tensor(idx, device=gh.device)
+            self.head_scores[i] += gh[rows].sum(0).abs()
+            self.neuron_scores[i] += gn[rows].sum(0).abs()
+            self.steps[i] += 1
         return gh.sum(0), gn.sum(0)
 
     def scores(self) -> tuple[Tensor, Tensor]:

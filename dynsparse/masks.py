@@ -14,6 +14,11 @@ from torch import Tensor
 Structure = tuple[tuple[int, int], ...]  # per layer: (heads kept, neurons kept)
 
 
+def layers_kept(structure: Structure) -> int:
+    """Layers a structure runs: depth sets the others to (0, 0)."""
+    return sum(1 for heads, neurons in structure if heads or neurons)
+
+
 def keep_count(total: int, sparsity: float, minimum: int = 1) -> int:
     """Units kept out of `total` at `sparsity`, rounded half up; non-increasing in sparsity."""
     return max(minimum, min(total, math.floor((1.0 - sparsity) * total + 0.5)))

@@ -96,20 +96,21 @@ class ElasticLayer(nn.Module):
         b, t, _ = x.shape
         a = heads * self.head_dim
         hr, nr = (rows.heads, rows.neurons) if rows is not None else (None, None)
-        q = F.linear(x, _take(self.q_weight, a, hr), _take(self.q_bias, a, hr))
-        k = F.linear(x, _take(self.k_weight, a, hr), _take(self.k_bias, a, hr))
-        v = F.linear(x, _take(self.v_weight, a, hr), _take(self.v_bias, a, hr))
+        q = F.linear(x, take_rows(self.q_weight, a, hr), take_rows(self.q_bias, a, hr))
+        k = F.linear(x, take_rows(self.k_weight, a, hr), take_rows(self.k_bias, a, hr))
+        v = F.linear(x, take_rows(self.v_weight, a, hr), take_rows(self.v_bias, a, hr))
         q, k, v = (y.view(b, t, heads, -1).transpose(1, 2) for y in (q, k, v))  # (B, h, T, hd)
         p = self.attn_dropout if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)  # (B, T, h, hd)
         if head_gate is not None:  # masked forward (importance, tests): scale each head's output; (H,) or (B, H)
             ctx = ctx * head_gate.unsqueeze(-2).unsqueeze(-1)
-        attn = torch.matmul(ctx.reshape(b, t, a), _take(self.attn_out_weight_t, a, hr)) + self.attn_out_bias
+        attn = torch.matmul(ctx.reshape(b, t, a), take_rows(self.attn_out_weight_t, a, hr)) + self.attn_out_bias
         x = self.attn_norm(x + self.dropout(attn))  # (B, T, H)
-        inner = self.act(F.linear(x, _take(self.ffn_in_weight, neurons, nr), _take(self.ffn_in_bias, neurons, nr)))
+        w_in, b_in = take_rows(self.ffn_in_weight, neurons, nr), take_rows(self.ffn_in_bias, neurons, nr)
+        inner = self.act(F.linear(x, w_in, b_in))  # (B, T, n)
         if neuron_gate is not None:  # (n,) or (B, n)
             inner = inner * neuron_gate.unsqueeze(-2)
-        out = torch.matmul(inner, _take(self.ffn_out_weight_t, neurons, nr)) + self.ffn_out_bias  # (B, T, H)
+        out = torch.matmul(inner, take_rows(self.ffn_out_weight_t, neurons, nr)) + self.ffn_out_bias  # (B, T, H)
         return self.ffn_norm(x + self.dropout(out))
 
 
@@ -121,7 +122,7 @@ class UnitRows:
     neurons: Tensor
 
 
-def _take(w: Tensor, k: int, rows: Tensor | None) -> Tensor:
+def take_rows(w: Tensor, k: int, rows: Tensor | None) -> Tensor:
     """The first `k` rows (a view), or the given rows (a gather)."""
     return w[:k] if rows is None else w.index_select(0, rows)
 

@@ -25,7 +25,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from dynsparse.config import SparsityArguments, TrainArguments
-from dynsparse.data import LANGUAGE
+from dynsparse.data import LANGUAGE, group_rows
 from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
 from dynsparse.errors import InputError
 from dynsparse.evaluate import predict_levels
@@ -111,10 +111,11 @@ class Trainer:
             raise InputError("--orderings per-language needs a language column (or one training file per language)")
         if self.world.distributed:
             raise InputError("--orderings per-language trains in one process (not under torchrun) for now")
-        langs = sorted({str(x) for x in self.train_ds[LANGUAGE]})
+        values = self.train_ds[LANGUAGE]
+        langs = sorted({str(x) for x in values})
         if len(langs) < 2:
             raise InputError(f"--orderings per-language needs at least two languages in the data, found {langs}")
-        bad = [x for x in self.train_ds[LANGUAGE] if not isinstance(x, str) or not 0 < len(x) <= 64]
+        bad = [x for x in values if not isinstance(x, str) or not 0 < len(x) <= 64]
         if bad or len(langs) > 256:
             raise InputError(f"--orderings per-language: languages must be 1-64 character names, at most 256 of "
                              f"them; found {len(langs)}, e.g. {(bad or langs)[0]!r:.80}")  # fmt: skip
@@ -283,12 +284,9 @@ class Trainer:
         they are fixed; one group of everything under the shared ordering."""
         if not self.model.languages or batch.languages is None:
             return [(None, None, 1.0)]
-        groups: list[tuple[str | None, torch.Tensor | None, float]] = []
-        for lang in self.model.languages:
-            rows = [r for r, x in enumerate(batch.languages) if x == lang]
-            if rows:
-                groups.append((lang, torch.tensor(rows, device=self.device), len(rows) / len(batch.languages)))
-        return groups
+        n, groups = len(batch.languages), group_rows(batch.languages)
+        return [(lang, torch.tensor(groups[lang], device=self.device), len(groups[lang]) / n)
+                for lang in self.model.languages if lang in groups]  # fmt: skip
 
     def _update_scorer(self, head_gate: torch.Tensor | None, neuron_gate: torch.Tensor | None) -> None:
         """Add the gates' gradients to the Taylor scores, averaged over ranks first: the gates are not parameters,

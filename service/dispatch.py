@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 
 from dynsparse.errors import InputError
-from dynsparse.masks import Structure
+from dynsparse.masks import layers_kept
 from service.batcher import Job, JobKey
 from service.codec import Item, Task
 from service.errors import BadInput, ClientGone, DeadlineExceeded
@@ -70,7 +70,7 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         "inference_ms": round(job.inference_ms, 3),
         "budget_met": met,
         "degraded": degraded,
-        "depth": layers_run(structure),
+        "depth": layers_kept(structure),
         "language": language,
     }
     return Outcome(outputs, served)
@@ -83,11 +83,6 @@ def _depth_and_language(rt: Runtime, body: SizedRequest[Any]) -> tuple[int | Non
         return rt.engine.check_depth(body.depth), rt.engine.check_language(body.language)
     except InputError as e:
         raise BadInput(str(e)) from None
-
-
-def layers_run(structure: Structure) -> int:
-    """Layers a forward at `structure` runs: those that keep any unit (depth sets the others to (0, 0))."""
-    return sum(1 for heads, neurons in structure if heads or neurons)
 
 
 def _chars(item: Item) -> int:
