@@ -10,6 +10,9 @@ latency met their budget.
 
 summary.batching_throughput_ratio_32: requests/s with dynamic batching / one at a time, 32 clients.
 summary.budget_met_fraction: requests whose client-observed latency <= their budget, 32 clients, 1x budget.
+summary.engine_batching_ratio: the same ratio for the model work alone (the server's engine in this process: tokenize,
+forward, decode; no HTTP, no queue), batches of the mean size the server formed at 32 clients against one request at
+a time: the most batching can give on this device, whatever the server around it does.
 """
 
 import asyncio
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import base_parser, device_name, plt, write_result  # noqa: E402
@@ -118,6 +122,56 @@ def run_load(url: str, clients: int, total: int, seconds: float, budget_ms: floa
     return row
 
 
+def mean_batch(url: str) -> tuple[float, float]:
+    """(rows, batches) the server has run so far, from its Prometheus histogram."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rows = batches = 0.0
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
+        for sample in family.samples:
+            if sample.name == "dynsparse_batch_size_sum":
+                rows += sample.value
+            elif sample.name == "dynsparse_batch_size_count":
+                batches += sample.value
+    return rows, batches
+
+
+def engine_ceiling(ckpt: str, device: str, rows_per_batch: int, n: int) -> dict[str, Any]:
+    """Per-request ms of the engine alone: one request at a time, and in batches of `rows_per_batch` requests of
+    one size (as the batcher groups them), alternated 3 times (medians); threads as the server sets them."""
+    from service.engine import Engine
+    from service.settings import Settings
+
+    engine = Engine.load(Settings(checkpoint=Path(ckpt), device=device))
+    bodies = _bodies(random.Random(0), n, None)
+    by_size: dict[float, list[list[str]]] = {}
+    for body in bodies:
+        by_size.setdefault(body["sparsity"], []).append(body["inputs"])
+
+    def one() -> None:
+        for body in bodies:
+            engine.run("classify", engine.structure(body["sparsity"]), [body["inputs"]])
+
+    def batched() -> None:
+        for s, requests in by_size.items():
+            for lo in range(0, len(requests), rows_per_batch):
+                engine.run("classify", engine.structure(s), requests[lo : lo + rows_per_batch])
+
+    one(), batched()  # warm-up
+    times: dict[str, list[float]] = {"one_at_a_time": [], "batched": []}
+    for _ in range(3):
+        for name, fn in (("one_at_a_time", one), ("batched", batched)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1000 / n)
+    ms = {k: round(statistics.median(v), 3) for k, v in times.items()}
+    row = {"rows_per_batch": rows_per_batch, "threads": torch.get_num_threads(),
+           "one_at_a_time_ms": ms["one_at_a_time"], "batched_ms": ms["batched"],
+           "ratio": round(ms["one_at_a_time"] / ms["batched"], 2)}  # fmt: skip
+    print({"engine": row}, flush=True)
+    return row
+
+
 def _pct(values: list[float], q: int) -> float | None:
     if not values:
         return None
@@ -128,6 +182,7 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--budget_ms", type=float, default=None, help="1x budget (default: p50 of mixed sizes, 32 clients)")
     args = p.parse_args()
+    device = device_name(args.device)  # before the engine below sets its own thread count
     if not args.model:
         raise SystemExit("--model CKPT is required (e.g. runs/default from `python train.py`)")
     total, seconds = (200, 40.0) if args.quick else (1000, 120.0)
@@ -137,7 +192,10 @@ def main() -> None:
         proc, url = start_server(args.model, args.device, max_batch)
         try:
             for c in levels if mode == "batched" else [1, 32]:
+                before = mean_batch(url)
                 rows[mode].append(run_load(url, c, total, seconds))
+                after = mean_batch(url)
+                rows[mode][-1]["mean_batch_rows"] = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
             if mode == "batched":
                 p50_32 = next(r for r in rows[mode] if r["clients"] == 32)["p50_ms"] or 100.0
                 budget = args.budget_ms or round(p50_32, 1)
@@ -147,12 +205,14 @@ def main() -> None:
             proc.wait(30)
     b32 = next(r for r in rows["batched"] if r["clients"] == 32)
     s32 = next(r for r in rows["one_at_a_time"] if r["clients"] == 32)
+    engine = engine_ceiling(args.model, args.device, max(1, round(b32["mean_batch_rows"])), 64 if args.quick else 256)
     summary = {"batching_throughput_ratio_32": round(b32["throughput_rps"] / max(s32["throughput_rps"], 1e-9), 2),
                "budget_met_fraction": budget_rows[1]["budget_met_fraction"], "budget_ms": budget_rows[1]["budget_ms"],
                "budget_met_by_budget": {str(r["budget_ms"]): r["budget_met_fraction"] for r in budget_rows},
-               "device": device_name(args.device)}  # fmt: skip
+               "engine_batching_ratio": engine["ratio"], "device": device}  # fmt: skip
     out = Path(args.out)
-    write_result(out, "serve_load", {"summary": summary, "rows": rows, "budgets": budget_rows, "quick": args.quick})
+    write_result(out, "serve_load", {"summary": summary, "rows": rows, "budgets": budget_rows, "engine": engine,
+                                     "quick": args.quick})  # fmt: skip
     pyplot = plt()
     fig, (a1, a2) = pyplot.subplots(1, 2, figsize=(10, 4), dpi=120)
     for mode, rs in rows.items():

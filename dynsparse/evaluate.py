@@ -79,11 +79,12 @@ def _logits(
 ) -> Tensor:
     """The batch's head outputs; with per-row languages, each language's rows run with its own ordering."""
     if langs is None or not any(langs):
-        return model(**batch, sparsity=sparsity, depth=depth).logits
+        return model(**batch, sparsity=sparsity, depth=depth, unpad=True).logits
     out: Tensor | None = None
     for lang, idx in group_rows(langs).items():
         rows = torch.tensor(idx, device=batch["input_ids"].device)
-        part = model(**{k: v[rows] for k, v in batch.items()}, sparsity=sparsity, depth=depth, language=lang).logits
+        part = model(**{k: v[rows] for k, v in batch.items()}, sparsity=sparsity, depth=depth, language=lang,
+                     unpad=True).logits
         if out is None:
             out = part.new_empty((len(langs), *part.shape[1:]))
         out[rows] = part

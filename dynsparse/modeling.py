@@ -20,6 +20,7 @@ from dynsparse.errors import InputError
 from dynsparse.family import EncoderShape, Family
 from dynsparse.heads import check_task, head_params, make_head
 from dynsparse.masks import GlobalRanking, Structure, global_structure, rank_globally, uniform_structure
+from dynsparse.packing import Packing
 
 
 @dataclass
@@ -90,22 +91,28 @@ class ElasticLayer(nn.Module):
     def forward(
         self, x: Tensor, mask: Tensor | None, heads: int, neurons: int,
         head_gate: Tensor | None = None, neuron_gate: Tensor | None = None, rows: "UnitRows | None" = None,
+        packing: Packing | None = None,
     ) -> Tensor:  # fmt: skip
         """`rows` (a per-language ordering) picks the kept units by index instead of the stored prefix: a gather
-        of the kept rows per forward, the price of an ordering the storage is not sorted by."""
-        b, t, _ = x.shape
+        of the kept rows per forward, the price of an ordering the storage is not sorted by. With `packing`, `x`
+        is the batch's real tokens (N, H): only attention sees the padded grid (per-row gates are not taken)."""
+        b, t = (packing.batch, packing.length) if packing is not None else x.shape[:2]
         a = heads * self.head_dim
         hr, nr = (rows.heads, rows.neurons) if rows is not None else (None, None)
-        q = F.linear(x, take_rows(self.q_weight, a, hr), take_rows(self.q_bias, a, hr))
-        k = F.linear(x, take_rows(self.k_weight, a, hr), take_rows(self.k_bias, a, hr))
-        v = F.linear(x, take_rows(self.v_weight, a, hr), take_rows(self.v_bias, a, hr))
-        q, k, v = (y.view(b, t, heads, -1).transpose(1, 2) for y in (q, k, v))  # (B, h, T, hd)
+
+        def split(y: Tensor) -> Tensor:  # (B, T, a) or packed (N, a) -> (B, h, T, hd)
+            return (packing.pad(y) if packing is not None else y).view(b, t, heads, -1).transpose(1, 2)
+
+        q = split(F.linear(x, take_rows(self.q_weight, a, hr), take_rows(self.q_bias, a, hr)))
+        k = split(F.linear(x, take_rows(self.k_weight, a, hr), take_rows(self.k_bias, a, hr)))
+        v = split(F.linear(x, take_rows(self.v_weight, a, hr), take_rows(self.v_bias, a, hr)))
         p = self.attn_dropout if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)  # (B, T, h, hd)
         if head_gate is not None:  # masked forward (importance, tests): scale each head's output; (H,) or (B, H)
             ctx = ctx * head_gate.unsqueeze(-2).unsqueeze(-1)
-        attn = torch.matmul(ctx.reshape(b, t, a), take_rows(self.attn_out_weight_t, a, hr)) + self.attn_out_bias
-        x = self.attn_norm(x + self.dropout(attn))  # (B, T, H)
+        ctx = ctx.reshape(b, t, a) if packing is None else packing.pack(ctx)
+        attn = torch.matmul(ctx, take_rows(self.attn_out_weight_t, a, hr)) + self.attn_out_bias
+        x = self.attn_norm(x + self.dropout(attn))  # (B, T, H) or (N, H)
         w_in, b_in = take_rows(self.ffn_in_weight, neurons, nr), take_rows(self.ffn_in_bias, neurons, nr)
         inner = self.act(F.linear(x, w_in, b_in))  # (B, T, n)
         if neuron_gate is not None:  # (n,) or (B, n)
@@ -281,23 +288,24 @@ class ElasticModel(nn.Module):
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
         sparsity: float = 0.0, structure: Structure | None = None,
         head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
-        layer_mask: Tensor | None = None, language: str | None = None,
+        layer_mask: Tensor | None = None, language: str | None = None, unpad: bool = False,
     ) -> EncoderOutput:  # fmt: skip
         """Run at `sparsity` and `depth` (or an explicit `structure`), with `language`'s own ordering when given
         (non-shared setting); `head_mask` (L, H) or (B, L, H) / `neuron_mask` (L, F) or (B, L, F) / `layer_mask`
         (L,) instead scale units or whole layers' residual branches of the full model (the masked forward used
-        for importance and tests)."""
+        for importance and tests). `unpad`: see `encode`."""
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, structure, head_mask, neuron_mask,
-                             depth, layer_mask, language)  # fmt: skip
+                             depth, layer_mask, language, unpad)  # fmt: skip
         return EncoderOutput(logits=self.head(hidden, attention_mask), last_hidden_state=hidden)
 
     def encode(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
         sparsity: float = 0.0, structure: Structure | None = None,
         head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
-        layer_mask: Tensor | None = None, language: str | None = None,
+        layer_mask: Tensor | None = None, language: str | None = None, unpad: bool = False,
     ) -> Tensor:  # fmt: skip
-        """The last hidden states (B, T, H) at a size."""
+        """The last hidden states (B, T, H) at a size. `unpad`: the linear layers run on the real tokens only
+        when the batch is padded (`packing`; inference, not with masks); padding positions come back zero."""
         if input_ids.ndim != 2 or input_ids.shape[0] == 0:
             raise InputError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
         language = self.check_language(language)
@@ -307,15 +315,19 @@ class ElasticModel(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends
+        masked = head_mask is not None or neuron_mask is not None or layer_mask is not None
+        packing = Packing.of(attention_mask) if unpad and attention_mask is not None and not masked else None
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        if packing is not None:
+            x = packing.pack(x)  # (N, H)
         for i, (layer, (heads, neurons)) in enumerate(zip(self.layers, structure, strict=True)):
             if heads == 0 and neurons == 0:  # dropped by depth: the layer is skipped
                 continue
             hg = head_mask[..., i, :] if head_mask is not None else None  # (H,) or per row (B, H)
             ng = neuron_mask[..., i, :] if neuron_mask is not None else None
-            y = layer(x, mask, heads, neurons, hg, ng, rows[i] if rows is not None else None)
+            y = layer(x, mask, heads, neurons, hg, ng, rows[i] if rows is not None else None, packing)
             x = y if layer_mask is None else x + layer_mask[i] * (y - x)  # gate 0 is the layer dropped
-        return x
+        return packing.pad(x) if packing is not None else x
 
     def save(self, path: str) -> None:
         """Write the checkpoint directory (see `dynsparse.checkpoint`)."""

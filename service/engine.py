@@ -211,10 +211,11 @@ class Engine:
         ids, mask, types = self._collate(rows)
         if codec.uses_head:
             out = self.model(
-                input_ids=ids, attention_mask=mask, token_type_ids=types, structure=structure, language=language
+                input_ids=ids, attention_mask=mask, token_type_ids=types, structure=structure, language=language,
+                unpad=True,
             ).logits
         else:
-            out = self.model.encode(ids, mask, types, structure=structure, language=language)  # (B, T, H)
+            out = self.model.encode(ids, mask, types, structure=structure, language=language, unpad=True)  # (B, T, H)
         return codec.reduce(out, mask)
 
     def _collate(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor | None]:
