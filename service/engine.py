@@ -24,7 +24,7 @@ from service.codec import ENDPOINT, Codec, Encoded, Item, LabelScore, Row, Task,
 from service.planner import LatencyProfile, ProfilePoint
 from service.settings import Dtype, Settings
 
-__all__ = ["Engine", "Item", "LabelScore", "Task", "pick_device", "pick_dtype"]
+__all__ = ["Engine", "Item", "LabelScore", "Task", "default_batch_wait_ms", "pick_device", "pick_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,14 @@ def pick_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {name!r}: CUDA is not available on this machine")
     return device
+
+
+def default_batch_wait_ms(device: torch.device) -> float:
+    """How long an idle worker waits for a batch to fill. On a GPU a batch of 8 costs about what one input does,
+    so 2 ms of waiting buys throughput; on a CPU each row costs about the same at any batch size and the queue
+    fills by itself while the worker is busy, so waiting only adds latency (measured on 2 cores: 11.3 vs 13.7
+    ms p50 at 1 client, and no throughput gained at 8 or 32)."""
+    return 2.0 if device.type == "cuda" else 0.0
 
 
 def pick_dtype(name: Dtype, device: torch.device) -> torch.dtype:

@@ -18,7 +18,7 @@ import torch
 from dynsparse.cost import level_costs
 from dynsparse.heads import head_params
 from service.batcher import Batcher
-from service.engine import Engine
+from service.engine import Engine, default_batch_wait_ms
 from service.metrics import Metrics
 from service.planner import LatencyProfile, Planner, load_profile, save_profile
 from service.schemas import Level, Measurement, SizesResponse
@@ -50,7 +50,7 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
     batcher = Batcher(
         engine,
         settings.max_batch_size,
-        settings.batch_wait_ms,
+        settings.batch_wait_ms if settings.batch_wait_ms is not None else default_batch_wait_ms(engine.device),
         settings.queue_limit,
         settings.degrade_at,
         metrics,

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
 
     # -- batching and overload
     max_batch_size: int = Field(32, ge=1, le=4096, description="inputs per forward pass")
-    batch_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long an idle worker waits to fill a batch")
+    batch_wait_ms: float | None = Field(
+        None, ge=0, le=10_000, description="how long an idle worker waits to fill a batch; default: 2 on cuda, 0 on cpu"
+    )
     queue_limit: int = Field(256, ge=1, description="requests waiting; beyond it: 429 with Retry-After")
     degrade_at: float | None = Field(
         0.75,

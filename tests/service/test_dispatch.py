@@ -78,3 +78,13 @@ def test_shutdown_finishes_in_flight_requests(make_settings: Callable[..., Setti
         live.thread.join(10)
     assert not live.thread.is_alive()
     assert [r.status_code for r in answers] == [200] and answers[0].json()["sparsity"] == 0.1
+
+
+def test_a_lone_request_waits_for_a_batch_only_where_told(make_settings: Callable[..., Settings]) -> None:
+    """On a CPU the default is not to hold a lone request for company (rows cost about linearly there); an
+    operator's batch_wait_ms still holds it that long."""
+    for wait, held in ((None, False), (300.0, True)):
+        with live_server(make_settings(batch_wait_ms=wait)) as live, live.client() as api:
+            queue_ms = [api.post("/v1/classify", json={"inputs": ["w1 w2"]}).json()["queue_ms"]
+                        for _ in range(3)]  # fmt: skip
+        assert (min(queue_ms) >= 300) == held and (max(queue_ms) < 300) != held, (wait, queue_ms)
