@@ -50,12 +50,16 @@ class Metrics:
         self.budget = Counter("dynsparse_latency_budget", "Requests with a latency budget, by met", ["met"], registry=r)
         self.correction = Gauge(
             "dynsparse_latency_correction",
-            "Measured / predicted latency the planner scales its predictions by (kind: inference, latency)",
+            "Measured / profiled batch time: the device's speed now, which scales every prediction (kind: inference)",
             ["kind"],
             registry=r,
         )
-        for kind in ("inference", "latency"):
-            self.correction.labels(kind).set(1.0)  # no measurement yet: the profile as it is
+        self.correction.labels("inference").set(1.0)  # no measurement yet: the profile as it is
+        self.latency_margin = Gauge(
+            "dynsparse_latency_margin_ms",
+            "What a latency budget plans for beyond the prediction: the budget_quantile of measured - predicted",
+            registry=r,
+        )
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) in the Prometheus text format."""

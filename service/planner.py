@@ -10,9 +10,11 @@ server runs slower than profiled, so every prediction is scaled by a correction 
 what it measures while serving (`Calibration`).
 """
 
+import bisect
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,7 +23,6 @@ from typing import Any
 log = logging.getLogger(__name__)
 _CHARS_PER_TOKEN = 3.0  # pessimistic for English subwords (~4): a budget is better met than missed
 _SPECIAL_TOKENS = 3  # [CLS] a [SEP] b [SEP]
-LATENCY_MARGIN = 3.0  # deviations of the latency ratio a budget plans for
 
 
 @dataclass(frozen=True)
@@ -124,34 +125,66 @@ def save_profile(path: Path, profile: LatencyProfile) -> None:
 
 @dataclass
 class Correction:
-    """How far measured latencies run over predicted ones: EWMAs of the ratio measured / predicted (`mean`) and
-    of its spread (`deviation`, mean absolute).
-
-    `factor` = mean + `margin` x deviation, clamped to [low, high]: margin 0 predicts the typical case (what a
-    backlog takes), a few deviations the slow tail that a budget must allow for (as TCP sets its
-    retransmission timeout). Starts at 1 with no spread; each ratio is clamped before it counts, so one
-    outlier moves it by at most `alpha` of the clamp.
-    """
+    """How far measured latencies run over predicted ones: an EWMA of the ratio measured / predicted, clamped to
+    [low, high]. Starts at 1; each ratio is clamped before it counts, so one outlier moves it by at most `alpha`
+    of the clamp."""
 
     alpha: float = 0.1
-    margin: float = 0.0
     low: float = 0.5
     high: float = 5.0
     mean: float = 1.0
-    deviation: float = 0.0
 
     @property
     def factor(self) -> float:
         """Multiply a prediction by this."""
-        return min(self.high, max(self.low, self.mean + self.margin * self.deviation))
+        return self.mean
 
     def update(self, measured_ms: float, predicted_ms: float) -> None:
         """One sample; a zero or non-finite prediction says nothing and is skipped."""
-        if not (predicted_ms > 0 and math.isfinite(predicted_ms) and math.isfinite(measured_ms)):
+        ratio = _ratio(measured_ms, predicted_ms, self.low, self.high)
+        if ratio is not None:
+            self.mean += self.alpha * (ratio - self.mean)
+
+
+@dataclass
+class TailResidual:
+    """The `quantile` of the last `window` residuals measured - predicted (ms): how much later than predicted a
+    request may finish, for a budget to be met that often. Additive, not a ratio: what the queue model misses
+    (jobs arriving later that share a batch ahead of it, the event loop's own delays) does not grow with the
+    prediction, and as a ratio it made requests with short predictions look 2-3x off, so the planner picked
+    the smallest size at every budget (measured). A quantile, not mean + k deviations: the residual is skewed,
+    and a quantile needs no assumption about its shape. Starts at 0; with few samples it is about their largest."""
+
+    quantile: float = 0.99
+    window: int = 500
+    _recent: deque[float] = field(default_factory=deque, repr=False)
+    _sorted: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def margin_ms(self) -> float:
+        """Add this to a prediction."""
+        if not self._sorted:
+            return 0.0
+        return self._sorted[min(len(self._sorted) - 1, math.ceil(self.quantile * len(self._sorted)) - 1)]
+
+    def update(self, measured_ms: float, predicted_ms: float) -> None:
+        """One sample (the oldest of a full window leaves); a non-finite one is skipped."""
+        if not (math.isfinite(predicted_ms) and math.isfinite(measured_ms)):
             return
-        ratio = min(self.high, max(self.low, measured_ms / predicted_ms))
-        self.deviation += self.alpha * (abs(ratio - self.mean) - self.deviation)
-        self.mean += self.alpha * (ratio - self.mean)
+        residual = min(_MAX_RESIDUAL_MS, max(-_MAX_RESIDUAL_MS, measured_ms - predicted_ms))
+        if len(self._recent) >= self.window:
+            del self._sorted[bisect.bisect_left(self._sorted, self._recent.popleft())]
+        self._recent.append(residual)
+        bisect.insort(self._sorted, residual)
+
+
+_MAX_RESIDUAL_MS = 60_000.0  # one absurd sample (a suspended process) moves the quantile by one rank only
+
+
+def _ratio(measured_ms: float, predicted_ms: float, low: float, high: float) -> float | None:
+    if not (predicted_ms > 0 and math.isfinite(predicted_ms) and math.isfinite(measured_ms)):
+        return None
+    return min(high, max(low, measured_ms / predicted_ms))
 
 
 @dataclass
@@ -159,14 +192,12 @@ class Calibration:
     """The corrections the server learns while serving (updated on the event loop only).
 
     `inference`: measured batch time / the profile's prediction for that batch (the device's speed now).
-    `latency`: a request's measured time to its result / `Planner.expected_ms` at admission (already scaled by
-    `inference`): what the queue model misses, e.g. jobs arriving later that share its batch or run first,
-    and the event loop's own delays.
+    `latency`: a request's measured time to its result - `Planner.expected_ms` at admission (already scaled by
+    `inference`), at the quantile of budgets to meet: what the queue model misses.
     """
 
     inference: Correction = field(default_factory=Correction)
-    # samples per request (a batch's are alike: a slow memory), and a margin for the tail: budgets are p99 targets
-    latency: Correction = field(default_factory=lambda: Correction(alpha=0.02, margin=LATENCY_MARGIN))
+    latency: TailResidual = field(default_factory=TailResidual)
 
 
 @dataclass(frozen=True)
@@ -235,11 +266,11 @@ class Planner:
         candidates: Sequence[float],
         joinable: Collection[float] = (),
     ) -> Plan:
-        """The densest candidate whose calibrated `expected_ms` fits `budget_ms`, else the smallest; a size in
-        `joinable` (a batch of it is queued) costs only its rows."""
-        factor = self.calibration.latency.factor
+        """The densest candidate whose `expected_ms` plus the learned latency margin fits `budget_ms`, else the
+        smallest; a size in `joinable` (a batch of it is queued) costs only its rows."""
+        margin = self.calibration.latency.margin_ms
         plans = [
-            Plan(s, factor * self.expected_ms(s, wait_ms, n_inputs, seq_len, s in joinable), False)
+            Plan(s, self.expected_ms(s, wait_ms, n_inputs, seq_len, s in joinable) + margin, False)
             for s in sorted(candidates)
         ]
         fitting = next((p for p in plans if p.predicted_ms <= budget_ms), None)

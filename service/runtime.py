@@ -22,7 +22,7 @@ from dynsparse.heads import head_params
 from service.batcher import Batcher
 from service.engine import Engine, default_batch_wait_ms
 from service.metrics import Metrics
-from service.planner import LatencyProfile, Planner, load_profile, save_profile
+from service.planner import Calibration, LatencyProfile, Planner, TailResidual, load_profile, save_profile
 from service.schemas import Level, Measurement, SizesResponse
 from service.settings import Settings
 from service.sizes import SizePolicy
@@ -56,6 +56,7 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
         settings.queue_limit,
         settings.degrade_at,
         metrics,
+        Calibration(latency=TailResidual(quantile=settings.budget_quantile)),
     )
     async with batcher.running():
         profile = await batcher.call(_profile, engine, policy, settings)

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     levels: list[float] | None = Field(None, description="a grid: requests are served at the next denser level")
     default_size: str | None = Field(None, description="a size name or a sparsity; default: the densest allowed")
     default_latency_budget_ms: float | None = Field(None, gt=0, description="budget for requests that pick none")
+    budget_quantile: float = Field(
+        0.99, ge=0.5, lt=1, description="share of latency budgets to plan for (the quantile of recent mispredictions)"
+    )
 
     # -- batching and overload
     max_batch_size: int = Field(32, ge=1, le=4096, description="inputs per forward pass")

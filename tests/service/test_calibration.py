@@ -12,7 +12,7 @@ from test_planner import make_profile
 from dynsparse.masks import Structure
 from service.batcher import Batcher, Job, backlog_ms
 from service.metrics import Metrics
-from service.planner import Calibration, Correction, Planner
+from service.planner import Calibration, Correction, Planner, TailResidual
 
 pytestmark = pytest.mark.anyio
 
@@ -62,13 +62,35 @@ def test_one_outlier_moves_it_at_most_alpha_of_the_clamp() -> None:
     assert c.factor == pytest.approx(1.0 + 0.1 * (5.0 - 1.0))
 
 
-def test_a_margin_plans_for_the_spread_of_the_ratio() -> None:
-    steady, noisy = Correction(alpha=0.05, margin=3.0), Correction(alpha=0.05, margin=3.0)
-    for i in range(400):
+def test_a_tail_residual_plans_for_its_quantile_of_recent_lateness() -> None:
+    steady, skewed = TailResidual(quantile=0.99, window=500), TailResidual(quantile=0.99, window=500)
+    assert skewed.margin_ms == 0.0  # nothing measured yet
+    for i in range(1000):
         steady.update(15.0, 10.0)
-        noisy.update(10.0 if i % 2 else 20.0, 10.0)  # the same mean ratio, 1.5, with a spread
-    assert steady.factor == pytest.approx(1.5, rel=1e-3)
-    assert noisy.mean == pytest.approx(1.5, abs=0.05) and noisy.factor > 2.5
+        skewed.update(40.0 if i % 50 == 0 else 10.0, 10.0)  # 2% of requests finish 30 ms late: the p99 is that tail
+    assert steady.margin_ms == pytest.approx(5.0)
+    assert skewed.margin_ms == pytest.approx(30.0)
+    median = TailResidual(quantile=0.5)
+    for i in range(1000):
+        median.update(40.0 if i % 50 == 0 else 8.0, 10.0)
+    assert median.margin_ms == pytest.approx(-2.0)  # over-predicting: a budget may afford a bigger size
+
+
+def test_a_tail_residual_forgets_what_left_its_window() -> None:
+    t = TailResidual(quantile=0.99, window=100)
+    for _ in range(100):
+        t.update(40.0, 10.0)
+    assert t.margin_ms == pytest.approx(30.0)
+    for _ in range(100):  # the slow spell is over: after one window it no longer counts
+        t.update(12.0, 10.0)
+    assert t.margin_ms == pytest.approx(2.0)
+    for measured, predicted in ((float("nan"), 1.0), (1.0, float("inf"))):
+        t.update(measured, predicted)
+    assert t.margin_ms == pytest.approx(2.0) and len(t._sorted) == 100
+    t.update(1e12, 1.0)
+    assert t.margin_ms == pytest.approx(2.0)  # one outlier in 100 is under the p99
+    t.update(1e12, 1.0)
+    assert t.margin_ms == pytest.approx(60_000.0)  # two are the p99, clamped
 
 
 def test_batch_costs_are_the_profile_as_a_line_in_the_batch_size() -> None:
@@ -95,18 +117,16 @@ def test_a_slower_device_than_profiled_picks_a_smaller_size() -> None:
     )
 
 
-def test_the_latency_correction_scales_the_queue_wait_too() -> None:
+def test_a_budget_plans_for_the_learned_lateness() -> None:
     planner = Planner(make_profile(), max_batch_size=8, max_tokens=128, calibration=Calibration())
     alone = planner.predict_ms(0.0, 1, 16)
     budget = 10.0 + alone + 0.01
     assert planner.pick(budget, 10.0, 1, 16, [0.0, 0.9]).sparsity == 0.0
-    for _ in range(100):  # requests took twice as long as the queue model said
-        planner.calibration.latency.update(2.0, 1.0)
+    for _ in range(100):  # requests finished 5 ms later than the queue model said
+        planner.calibration.latency.update(25.0, 20.0)
     plan = planner.pick(budget, 10.0, 1, 16, [0.0, 0.9])
     assert plan.sparsity == 0.9
-    assert plan.predicted_ms == pytest.approx(
-        planner.calibration.latency.factor * (10.0 + planner.predict_ms(0.9, 1, 16))
-    )
+    assert plan.predicted_ms == pytest.approx(10.0 + planner.predict_ms(0.9, 1, 16) + 5.0)
 
 
 def test_joining_a_queued_batch_costs_only_its_rows() -> None:
@@ -150,7 +170,7 @@ async def test_finished_work_updates_the_corrections_and_their_gauges() -> None:
         await asyncio.wait_for(j.future, 10)
     assert b.calibration.inference.factor > 1.0
     b.observe_latency(j, 30.0)
-    assert b.calibration.latency.mean == pytest.approx(1.0 + b.calibration.latency.alpha * 2.0)
+    assert b.calibration.latency.margin_ms == pytest.approx(20.0)  # the one request measured: 30 ms against 10
     body = metrics.render()[0].decode()
     assert 'dynsparse_latency_correction{kind="inference"}' in body
-    assert f'dynsparse_latency_correction{{kind="latency"}} {b.calibration.latency.factor}' in body
+    assert "dynsparse_latency_margin_ms 20.0" in body
