@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="torch device; default: cuda when available, else cpu")
     dtype: Dtype = Field("auto", description="auto: float16 on cuda, float32 on cpu")
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; default: all cores but one (left to the event loop)"
+        None, ge=1, description="torch intra-op threads; default: every usable core"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
