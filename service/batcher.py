@@ -134,24 +134,11 @@ class Batcher:
         return self.degrade_at is not None and self.depth >= self.degrade_at * self.queue_limit
 
     def wait_estimate_ms(self) -> float:
-        """Predicted wait of a request queued now in a batch of its own: rest of the running batch + backlog +
-        batching wait, the backlog scaled by how much slower than profiled batches have been running."""
-        return self.wait_estimates_ms()[0]
-
-    def wait_estimates_ms(self) -> tuple[float, dict[JobKey, float]]:
-        """(wait in a batch of its own, {key: wait joining the queued batch of that key}) for a request queued
-        now. Groups run oldest job first, so a request joining a group waits only for the groups whose oldest
-        job is older, and for its group's own batch; one in a new group waits for everything queued."""
-        start = max(0.0, self._busy_until - time.monotonic()) * 1000 + self.batch_wait_s * 1000
-        factor = self.calibration.inference.factor
-        groups: dict[JobKey, list[Job]] = {}  # in order of each group's oldest job: the queue is FIFO
-        for job in self._queue:
-            groups.setdefault(job.key, []).append(job)
-        ahead, joining = 0.0, {}
-        for key, jobs in groups.items():
-            ahead += backlog_ms(jobs, self.max_batch_size)
-            joining[key] = start + factor * ahead
-        return start + factor * ahead, joining
+        """Predicted wait of a request queued now: rest of the running batch + backlog + batching wait, the
+        backlog scaled by how much slower than profiled batches have been running."""
+        running = max(0.0, self._busy_until - time.monotonic()) * 1000
+        backlog = self.calibration.inference.factor * backlog_ms(self._queue, self.max_batch_size)
+        return running + backlog + self.batch_wait_s * 1000
 
     def submit(self, job: Job) -> None:
         """Queue `job`; a full queue raises `Overloaded` (429), a closing server `NotReady` (503)."""
@@ -268,6 +255,10 @@ class Batcher:
         if job.expected_ms is not None:
             self.calibration.latency.update(latency_ms, job.expected_ms)
             self.metrics.latency_margin.set(self.calibration.latency.margin_ms)
+
+    def queued_keys(self) -> set[JobKey]:
+        """Groups with a batch queued: a job joining one adds only its rows to the backlog."""
+        return {j.key for j in self._queue}
 
 
 def backlog_ms(jobs: Iterable[Job], max_batch_size: int) -> float:

@@ -7,7 +7,7 @@ disconnecting (nothing more is done for it).
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,8 +39,8 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
     depth, language = _depth_and_language(rt, body)
     choice = rt.policy.select(body.sparsity, body.size, body.latency_budget_ms)
     rows, seq_len = _workload(rt, task, body.inputs)
-    wait_ms, joining = rt.batcher.wait_estimates_ms()
-    joinable = _joinable(rt, joining, task, depth, language) if choice.budget_ms is not None else {}
+    wait_ms, queued = rt.batcher.wait_estimate_ms(), rt.batcher.queued_keys()
+    joinable = _joinable(rt, queued, task, depth, language) if choice.budget_ms is not None else frozenset()
     # an operator's default budget is planned at full depth: with a depth, an upper bound of the latency
     sparsity, degraded = _size_for(rt, choice, rows, seq_len, wait_ms, joinable)
     structure = rt.engine.structure(sparsity, depth, language)
@@ -55,8 +55,7 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         overhead_ms=rt.planner.overhead_ms(sparsity, seq_len),
         arrived=arrived,
     )
-    joins = job.key in joining
-    job.expected_ms = rt.planner.expected_ms(sparsity, joining[job.key] if joins else wait_ms, rows, seq_len, joins)
+    job.expected_ms = rt.planner.expected_ms(sparsity, wait_ms, rows, seq_len, job.key in queued)
     rt.batcher.submit(job)
     outputs = await _wait(rt, job, request)
     latency_ms = (time.monotonic() - arrived) * 1000
@@ -111,19 +110,18 @@ def _check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
 
 
 def _joinable(
-    rt: Runtime, joining: Mapping[JobKey, float], task: Task, depth: int | None, language: str | None
-) -> dict[float, float]:
-    """Candidate sizes with a batch queued for this task, depth and ordering (the request would join it), with
-    the wait of a request that joins it."""
-    keys = {s: (task, rt.engine.structure(s, depth, language), language) for s in rt.policy.candidates()}
-    return {s: joining[key] for s, key in keys.items() if key in joining}
+    rt: Runtime, queued: set[JobKey], task: Task, depth: int | None, language: str | None
+) -> frozenset[float]:
+    """Candidate sizes with a batch queued for this task, depth and ordering: the request would join it."""
+    cands = rt.policy.candidates()
+    return frozenset(s for s in cands if (task, rt.engine.structure(s, depth, language), language) in queued)
 
 
 def _size_for(
-    rt: Runtime, choice: Choice, n_inputs: int, seq_len: int, wait_ms: float, joinable: Mapping[float, float]
+    rt: Runtime, choice: Choice, n_inputs: int, seq_len: int, wait_ms: float, joinable: frozenset[float]
 ) -> tuple[float, bool]:
-    """(sparsity, degraded): the choice, a budget's plan (behind `wait_ms`, or joining a queued batch of a size
-    in `joinable` behind the wait it maps to), or under load the smallest size."""
+    """(sparsity, degraded): the choice, a budget's plan (behind `wait_ms`, joining a queued batch of a size in
+    `joinable` if it picks one), or under load the smallest size."""
     if choice.budget_ms is not None:
         cands = rt.policy.candidates()
         sparsity = rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, cands, joinable).sparsity

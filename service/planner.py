@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -264,15 +264,13 @@ class Planner:
         n_inputs: int,
         seq_len: int,
         candidates: Sequence[float],
-        joinable: Mapping[float, float] | None = None,
+        joinable: Collection[float] = (),
     ) -> Plan:
         """The densest candidate whose `expected_ms` plus the learned latency margin fits `budget_ms`, else the
-        smallest. `wait_ms`: the wait in a batch of its own; a size in `joinable` (a batch of it is queued) waits
-        the time mapped to instead, and costs only its rows."""
+        smallest; a size in `joinable` (a batch of it is queued) costs only its rows."""
         margin = self.calibration.latency.margin_ms
-        joinable = joinable or {}
         plans = [
-            Plan(s, self.expected_ms(s, joinable.get(s, wait_ms), n_inputs, seq_len, s in joinable) + margin, False)
+            Plan(s, self.expected_ms(s, wait_ms, n_inputs, seq_len, s in joinable) + margin, False)
             for s in sorted(candidates)
         ]
         fitting = next((p for p in plans if p.predicted_ms <= budget_ms), None)

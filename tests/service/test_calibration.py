@@ -136,7 +136,7 @@ def test_joining_a_queued_batch_costs_only_its_rows() -> None:
     assert joined == pytest.approx(5.0 + planner.cost_ms(0.0, 1, 16)) and joined < alone
     budget = (alone + joined) / 2  # the dense size fits only by joining the dense batch already queued
     assert planner.pick(budget, 5.0, 1, 16, [0.0, 0.9]).sparsity == 0.9
-    assert planner.pick(budget, 5.0, 1, 16, [0.0, 0.9], joinable={0.0: 5.0}).sparsity == 0.0
+    assert planner.pick(budget, 5.0, 1, 16, [0.0, 0.9], joinable={0.0}).sparsity == 0.0
 
 
 async def test_the_backlog_counts_one_batch_per_distinct_size_queued() -> None:
@@ -157,24 +157,7 @@ async def test_the_wait_estimate_counts_batches_and_the_measured_speed() -> None
     for _ in range(100):
         b.calibration.inference.update(20.0, 10.0)
     assert b.wait_estimate_ms() == pytest.approx(b.calibration.inference.factor * (3 * 1.0 + 2 * 10.0))
-    assert set(b.wait_estimates_ms()[1]) == {("classify", SMALL, None), ("classify", BIG, None)}
-
-
-async def test_joining_a_group_waits_only_for_the_groups_ahead_of_it() -> None:
-    """Groups run oldest job first: joining the oldest group skips the younger groups' batches."""
-    b = Batcher(FakeRunner(), max_batch_size=8, batch_wait_ms=0, queue_limit=16)  # never started: nothing runs
-    for j in (job(structure=SMALL), job(structure=BIG), job(structure=SMALL)):
-        b.submit(j)
-    alone, joining = b.wait_estimates_ms()
-    small, big = ("classify", SMALL, None), ("classify", BIG, None)
-    assert joining[small] == pytest.approx(2 * 1.0 + 10.0)  # the two small jobs, one batch
-    assert joining[big] == pytest.approx(2 * 1.0 + 10.0 + 1.0 + 10.0)  # the small batch runs first
-    assert alone == pytest.approx(joining[big]) and alone == pytest.approx(b.wait_estimate_ms())
-    planner = Planner(make_profile(), max_batch_size=8, max_tokens=128)
-    # a budget that joining the small batch fits, but waiting behind everything does not
-    budget = joining[small] + planner.cost_ms(0.9, 1, 16) + 0.01
-    assert planner.pick(budget, alone, 1, 16, [0.9]).fits is False
-    assert planner.pick(budget, alone, 1, 16, [0.9], joinable={0.9: joining[small]}).fits is True
+    assert b.queued_keys() == {("classify", SMALL, None), ("classify", BIG, None)}
 
 
 async def test_finished_work_updates_the_corrections_and_their_gauges() -> None:
