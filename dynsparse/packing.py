@@ -4,8 +4,8 @@ Every op of an encoder layer except attention works token by token, so the proje
 FFN (most of the FLOPs) can run on the (N, C) real tokens of a (B, T) batch instead of all B * T positions;
 only attention needs the grid back, for its keys. On mixed-length traffic (a served batch groups whatever
 requests arrived) that skips the padding's share of the compute: measured 1.24x faster per request at batch
-8 and 1.4x at 32 on the serving bench's texts (CPU, MiniLM). Inference only: gradients flow through it, but
-training batches are length-bucketed already and keep the padded path.
+8 and 1.4x at 32 on the serving bench's texts (CPU, MiniLM). Used where a batch only runs forward (the server,
+`evaluate`); training keeps the padded path, whose importance gates are per row, not per token.
 """
 
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ class Packing:
     """Where a batch's real tokens sit in its (B, T) grid.
 
     Example:
-        >>> p = Packing.of(torch.tensor([[1, 1, 1], [1, 0, 0]]))
+        >>> p = Packing.of(torch.tensor([[1, 1, 1], [1, 0, 0]]))  # 2 of 6 positions are padding
         >>> p.pack(torch.zeros(2, 3, 8)).shape
         torch.Size([4, 8])
     """

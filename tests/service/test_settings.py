@@ -51,6 +51,9 @@ def test_get_settings_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
         {"degrade_at": 0.0},
         {"profile_seq_lens": [0]},
         {"dtype": "int8"},
+        {"budget_quantile": 1.0},
+        {"budget_quantile": 0.2},
+        {"batch_wait_ms": -1.0},
         {"no_such_setting": 1},
     ],
 )
