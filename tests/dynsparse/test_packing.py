@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import gpu_test, make_tiny
 
 import dynsparse
 from dynsparse.packing import Packing
@@ -68,3 +68,16 @@ def test_masked_forward_ignores_unpad(tmp_path: Path) -> None:
         a = model(**batch, structure=((4, 64),) * 2, neuron_mask=gates).logits
         b = model(**batch, structure=((4, 64),) * 2, neuron_mask=gates, unpad=True).logits
     assert torch.equal(a, b)
+
+
+@gpu_test
+def test_unpadded_forward_on_cuda_in_half_precision(tmp_path: Path) -> None:
+    """The serving path on a GPU: float16, padded and unpadded agree on every real token."""
+    model = dynsparse.from_pretrained(str(make_tiny("bert", tmp_path / "bert"))).eval().to("cuda").half()
+    batch = {k: v.cuda() for k, v in model.tokenizer(TEXTS, padding=True, return_tensors="pt").items()}
+    real = batch["attention_mask"].bool()
+    with torch.inference_mode():
+        for s in (0.0, 0.5, 0.9):
+            padded = model(**batch, sparsity=s).last_hidden_state[real].float()
+            packed = model(**batch, sparsity=s, unpad=True).last_hidden_state[real].float()
+            assert torch.allclose(padded, packed, atol=2e-2, rtol=1e-2), s
