@@ -305,7 +305,8 @@ class ElasticModel(nn.Module):
         layer_mask: Tensor | None = None, language: str | None = None, unpad: bool = False,
     ) -> Tensor:  # fmt: skip
         """The last hidden states (B, T, H) at a size. `unpad`: the linear layers run on the real tokens only
-        when the batch is padded (`packing`; inference, not with masks); padding positions come back zero."""
+        when the batch is padded (`packing`; inference, not with masks); the hidden states at padding positions
+        come back zero (so a per-token head's outputs there are its bias: every reader skips them)."""
         if input_ids.ndim != 2 or input_ids.shape[0] == 0:
             raise InputError(f"input_ids must be a non-empty (batch, seq) tensor, got shape {tuple(input_ids.shape)}")
         language = self.check_language(language)

@@ -21,6 +21,7 @@ class Packing:
     """Where a batch's real tokens sit in its (B, T) grid.
 
     Example:
+        >>> import torch
         >>> p = Packing.of(torch.tensor([[1, 1, 1], [1, 0, 0]]))  # 2 of 6 positions are padding
         >>> p.pack(torch.zeros(2, 3, 8)).shape
         torch.Size([4, 8])
@@ -35,11 +36,10 @@ class Packing:
         """The packing of `attention_mask` (B, T; 1 = real token), or None when padding is under `min_padding`
         of the grid: there the padded path is as fast."""
         b, t = attention_mask.shape
-        flat = attention_mask.reshape(-1).bool()
-        real = int(flat.sum())  # one host sync per forward (on GPU), not one per layer
-        if real >= (1 - min_padding) * b * t:
+        index = attention_mask.reshape(-1).nonzero().squeeze(1)  # one host sync per forward (on GPU), not per layer
+        if index.numel() >= (1 - min_padding) * b * t:
             return None
-        return cls(flat.nonzero().squeeze(1), b, t)
+        return cls(index, b, t)
 
     def pack(self, y: Tensor) -> Tensor:
         """(B, T, C) -> (N, C): the real tokens only."""

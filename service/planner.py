@@ -161,12 +161,17 @@ class TailResidual:
     _recent: deque[float] = field(default_factory=deque, repr=False)
     _sorted: list[float] = field(default_factory=list, repr=False)
 
+    def __post_init__(self) -> None:
+        if not (0 < self.quantile < 1 and self.window >= 1):
+            raise ValueError(f"quantile must be in (0, 1) and window >= 1, got {self.quantile}, {self.window}")
+
     @property
     def margin_ms(self) -> float:
         """Add this to a prediction."""
         if not self._sorted:
             return 0.0
-        return self._sorted[min(len(self._sorted) - 1, math.ceil(self.quantile * len(self._sorted)) - 1)]
+        rank = math.ceil(self.quantile * len(self._sorted) - 1e-9)  # nearest rank; the epsilon absorbs float error
+        return self._sorted[min(len(self._sorted), max(1, rank)) - 1]
 
     def update(self, measured_ms: float, predicted_ms: float) -> None:
         """One sample (the oldest of a full window leaves); a non-finite one is skipped."""

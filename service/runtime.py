@@ -10,6 +10,7 @@ import gc
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
@@ -79,18 +80,29 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
                 runtime.ready = False  # draining: new requests get 503, queued ones still run
 
 
+_frozen = 0  # servers of this process inside `frozen_heap` (the collector's freeze is process-wide)
+_frozen_lock = threading.Lock()
+
+
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """While serving, the garbage collector skips everything that exists once the server is up (the model,
     torch, transformers: about 430k objects). A full collection over them paused the whole server for 160 ms
     in the middle of load (measured with gc.callbacks), the main cause of missed latency budgets; afterwards
-    it scans only what requests create. The objects are released to it again on exit."""
-    gc.collect()
-    gc.freeze()
+    it scans only what requests create. The freeze is process-wide: each server that starts freezes what exists
+    then, and the heap goes back to the collector when the last server of the process stops."""
+    global _frozen
+    with _frozen_lock:
+        _frozen += 1
+        gc.collect()
+        gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        with _frozen_lock:
+            _frozen -= 1
+            if _frozen == 0:
+                gc.unfreeze()
 
 
 def _profile_levels(policy: SizePolicy, n: int) -> list[float]:

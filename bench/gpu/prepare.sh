@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Here, before the one device call of a session that is lent a GPU: what the GPU machine lacks, into .whl/
-# (ignored by git; the call carries it): wheels for its Python 3.12 of the serving stack and `datasets`, at the
+# (ignored by .gitignore; the call carries it): wheels for its Python 3.12 of the serving stack and `datasets`, at the
 # versions installed here, and the embedded MiniLM's tokenizer files (its weights are too big to carry; the
 # benchmarks build same-shape models there, see make_models.py).
 #   bash bench/gpu/prepare.sh
 # then: run(command="bash bench/gpu/run.sh", carry=[".whl"], timeout_s=580)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
 rm -rf .whl && mkdir -p .whl/tokenizer
 # packages the GPU machine's image lacks (its list: ../.library/device/KINDS.md); the rest it has
 names="fastapi starlette uvicorn pydantic pydantic_core pydantic-settings python-dotenv annotated-types

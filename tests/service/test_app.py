@@ -13,6 +13,7 @@ from svc_live import Live, expected_probs, live_server
 
 import dynsparse
 from service.app import create_app
+from service.runtime import frozen_heap
 from service.settings import Settings
 
 TEXTS = ["w1 w2 w3", "w4 w5"]
@@ -90,6 +91,14 @@ def test_a_serving_server_keeps_the_collector_off_its_startup_heap(api: httpx.Cl
     server for about 160 ms under load."""
     assert api.get("/readyz").status_code == 200
     assert gc.get_freeze_count() > 10_000  # torch, transformers and the model: far more than a request makes
+
+
+def test_a_server_that_stops_leaves_the_others_frozen() -> None:
+    """The freeze is process-wide: a second server stopping must not hand the first one's heap back."""
+    with frozen_heap():
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 10_000
 
 
 def test_openapi_and_docs(api: httpx.Client) -> None:

@@ -76,6 +76,16 @@ def test_a_tail_residual_plans_for_its_quantile_of_recent_lateness() -> None:
     assert median.margin_ms == pytest.approx(-2.0)  # over-predicting: a budget may afford a bigger size
 
 
+def test_a_tail_residual_takes_the_nearest_rank_and_refuses_nonsense() -> None:
+    t = TailResidual(quantile=0.81, window=300)
+    for i in range(300):
+        t.update(float(i), 0.0)
+    assert t.margin_ms == 242.0  # rank ceil(0.81 x 300) = 243, not 244 (0.81 x 300 is 243.00000000000003)
+    for quantile, window in ((0.0, 10), (1.0, 10), (0.9, 0)):
+        with pytest.raises(ValueError):
+            TailResidual(quantile=quantile, window=window)
+
+
 def test_a_tail_residual_forgets_what_left_its_window() -> None:
     t = TailResidual(quantile=0.99, window=100)
     for _ in range(100):

@@ -95,3 +95,25 @@ def test_half_precision_on_gpu_matches_cpu(make_settings: Callable[..., Settings
         (on_cpu,) = engine.run("classify", engine.structure(s), [TEXTS])
         assert not isinstance(on_gpu, InputError) and not isinstance(on_cpu, InputError)
         assert [x[1] for x in on_gpu] == pytest.approx([x[1] for x in on_cpu], abs=1e-2)
+
+
+def test_a_mixed_length_batch_runs_unpadded(
+    engine: Engine, reference: dynsparse.ElasticModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's batches skip their padding (`dynsparse.packing`), with the padded forward's results."""
+    import dynsparse.modeling
+
+    packings: list[object] = []
+    of = dynsparse.modeling.Packing.of
+
+    def spy(mask: torch.Tensor, *args: float) -> object:
+        packings.append(of(mask, *args))
+        return packings[-1]
+
+    monkeypatch.setattr(dynsparse.modeling.Packing, "of", spy)
+    texts = ["w1", "w2 w3 w4 w5 w6 w7 w8 w9 w10 w11"]  # one short, one long: mostly padding
+    (out,) = engine.run("classify", engine.structure(0.5), [texts])
+    assert any(p is not None for p in packings)
+    assert not isinstance(out, InputError)
+    probs = expected_probs(reference, texts, 0.5)
+    assert [score for _, score in out] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
