@@ -57,7 +57,13 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
     )
     job.expected_ms = rt.planner.expected_ms(sparsity, wait_ms, rows, seq_len, job.key in queued)
     rt.batcher.submit(job)
-    outputs = await _wait(rt, job, request)
+    try:
+        outputs = await _wait(rt, job, request)
+    except DeadlineExceeded:  # the slowest of all: the latency margin must learn of it too. Its real time is
+        # unknown, only at least the deadline: never less than predicted (a censored sample may not lower it)
+        elapsed_ms = (time.monotonic() - arrived) * 1000
+        rt.batcher.observe_latency(job, max(elapsed_ms, job.expected_ms or 0.0))
+        raise
     latency_ms = (time.monotonic() - arrived) * 1000
     rt.batcher.observe_latency(job, latency_ms)
     met = None if choice.budget_ms is None else latency_ms <= choice.budget_ms
