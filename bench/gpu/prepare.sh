@@ -4,7 +4,7 @@
 # versions installed here, and the embedded MiniLM's tokenizer files (its weights are too big to carry; the
 # benchmarks build same-shape models there, see make_models.py).
 #   bash bench/gpu/prepare.sh
-# then: run(command="bash bench/gpu/run.sh", carry=[".whl"], timeout_s=580)
+# then: run(command="bash bench/gpu/run.sh", carry=[".whl"], timeout_s=590)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rm -rf .whl && mkdir -p .whl/tokenizer
