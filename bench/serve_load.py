@@ -155,14 +155,13 @@ def mean_batch(url: str) -> tuple[float, float]:
 def engine_ceiling(ckpt: str, device: str, rows_per_batch: int, n: int) -> dict[str, Any]:
     """Per-request ms of the engine alone: one request at a time, and in batches of `rows_per_batch` requests of
     one size (as the batcher groups them), alternated 3 times (medians); threads as the server sets them."""
+    from dynsparse.data import group_rows
     from service.engine import Engine
     from service.settings import Settings
 
     engine = Engine.load(Settings(checkpoint=Path(ckpt), device=device))
     bodies = _bodies(random.Random(0), n, None)
-    by_size: dict[float, list[list[str]]] = {}
-    for body in bodies:
-        by_size.setdefault(body["sparsity"], []).append(body["inputs"])
+    by_size = {s: [bodies[i]["inputs"] for i in idx] for s, idx in group_rows([b["sparsity"] for b in bodies]).items()}
 
     def one() -> None:
         for body in bodies:
