@@ -179,7 +179,7 @@ class Batcher:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11 (an alias since)
                 return
 
     def _group_size(self, key: JobKey) -> int:

@@ -173,3 +173,20 @@ async def test_shutdown_finishes_queued_work_and_refuses_new() -> None:
     assert all(j.future.done() and not j.future.cancelled() for j in jobs)
     with pytest.raises(NotReady):
         b.submit(job(["late"]))
+
+
+async def test_a_batch_waits_for_batch_wait_ms_then_runs_and_the_loop_lives_on() -> None:
+    # The fill wait ends in asyncio.wait_for's timeout: on Python 3.10 that is asyncio.TimeoutError, not the
+    # builtin, and a missed catch killed the loop (requests then hang: the outer wait_for turns that into a failure).
+    runner = FakeRunner()
+    async with batcher(runner, batch_wait_ms=300).running() as b:
+        first, second = job(["a"]), job(["b"])
+        b.submit(first)
+        await asyncio.sleep(0.01)  # the loop is inside the fill wait now
+        b.submit(second)
+        assert await asyncio.wait_for(asyncio.gather(first.future, second.future), 5) == [[(0, 1.0)]] * 2
+        assert second.started is not None and second.started - first.arrived >= 0.29  # it waited for the group
+        third = job(["c"])  # a later request: the loop survived the timeout
+        b.submit(third)
+        assert await asyncio.wait_for(third.future, 5) == [(0, 1.0)]
+    assert [[i for g in groups for i in g] for _, _, groups in runner.calls] == [["a", "b"], ["c"]]
