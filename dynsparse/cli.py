@@ -254,7 +254,7 @@ def _prune_vocab(args: argparse.Namespace) -> None:
     before = model.costs(0.0, 128)
     counts = prune_vocabulary(model, used_tokens(model.tokenizer, (t for c in cols for t in raw[c] if t)))
     after = model.costs(0.0, 128)
-    model.save(args.output_dir)
+    dynsparse.save(model, args.output_dir)
     print(f"kept {counts['kept']:,} of {counts['original']:,} tokens (columns {', '.join(cols)}); parameters "
           f"{int(before['params']):,} -> {int(after['params']):,}, embeddings {int(before['params_embeddings']):,} -> "
           f"{int(after['params_embeddings']):,}; written to {args.output_dir}")  # fmt: skip

@@ -330,12 +330,6 @@ class ElasticModel(nn.Module):
             x = y if layer_mask is None else x + layer_mask[i] * (y - x)  # gate 0 is the layer dropped
         return packing.pad(x) if packing is not None else x
 
-    def save(self, path: str) -> None:
-        """Write the checkpoint directory (see `dynsparse.checkpoint`)."""
-        from dynsparse.checkpoint import save_checkpoint
-
-        save_checkpoint(self, path)
-
 
 def every_other(layers: int) -> list[int]:
     """The fixed depth order of DynaBERT and LayerDrop: even layers rank first, so half the depth keeps every other

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dynsparse.checkpoint import META
+from dynsparse.checkpoint import META, save_checkpoint
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
 from dynsparse.data import Columns, load_split
 from dynsparse.distributed import World, main_first, process_group, resolve_device
@@ -159,7 +159,7 @@ def _run_training(
         sparsity_range=[sp.min_sparsity, sp.max_sparsity], levels=full, level_info=info,
         training={**summary, "args": {**asdict(m), **asdict(d), **asdict(sp), **asdict(t)}},
     )  # fmt: skip
-    model.save(str(out))
+    save_checkpoint(model, out)
     write_levels(rows, out, s.task.main_metric if s.eval_ds is not None else None, info)
     log.info("checkpoint written to %s", out)
     return out

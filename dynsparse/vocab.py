@@ -8,7 +8,7 @@ unknown token's row, so text outside the corpus still runs (as unknown words).
 Example:
     >>> model = dynsparse.load("runs/xnli")
     >>> keep = used_tokens(model.tokenizer, ["a corpus", "of the texts to serve"])
-    >>> prune_vocabulary(model, keep); model.save("runs/xnli-de")
+    >>> prune_vocabulary(model, keep); dynsparse.save(model, "runs/xnli-de")
 """
 
 from collections.abc import Iterable

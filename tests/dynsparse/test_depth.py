@@ -63,7 +63,7 @@ def test_a_depth_out_of_range_is_refused(deep: dynsparse.ElasticModel, depth: ob
 def test_the_layer_order_travels_with_the_checkpoint(deep: dynsparse.ElasticModel, tmp_path: Path) -> None:
     deep.set_layer_order([3, 0, 1, 2], "taylor")
     try:
-        deep.save(str(tmp_path / "ck"))
+        dynsparse.save(deep, tmp_path / "ck")
     finally:
         deep.set_layer_order(every_other(4), "every-other")
     loaded = dynsparse.load(str(tmp_path / "ck"))

@@ -62,7 +62,7 @@ def lang_ckpt(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     model.set_layer_order([1, 0], "test")
     model.meta["depth"]["min_layers"] = 1
     out = tmp_path_factory.mktemp("lang") / "run"
-    model.save(str(out))
+    dynsparse.save(model, out)
     return out
 
 
