@@ -159,3 +159,23 @@ def _trainer_state(file: Path) -> TrainerState:
             not isinstance(state.rewired, bool):  # fmt: skip
         raise ValueError(f"expected {{'step': int, 'rewired': bool, 'importance_steps': int}}, got {raw!r:.200}")
     return state
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """Drop the records of steps after `step` from train_log.jsonl (logged by the run that stopped), so a resumed
+    run's records for those steps are the only ones."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text().splitlines(keepends=True)
+    kept = [line.rstrip("\n") + "\n" for line in lines if _logged_step(line) <= step]
+    tmp = log_path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(log_path)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a train_log.jsonl line; infinity for a line a killed run left half-written (it goes)."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

@@ -10,6 +10,9 @@ teacher's; sub-sizes run as real prefix slices, so they cost less than the dense
 Distributed (torchrun): every rank trains the same sizes on its shard of the global batch through
 DistributedDataParallel, which all-reduces gradients once per optimizer step; the Taylor gates' gradients are
 averaged by hand (they are not parameters), so every rank rewires identically. Rank 0 logs and saves.
+
+This module is the step loop; the importance phase's scorers and rewiring are `dynsparse.importance_phase`, the
+training states (save, resume, log truncation) `dynsparse.train_state`.
 """
 
 import json
@@ -29,12 +32,12 @@ from dynsparse.data import LANGUAGE, group_rows
 from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
 from dynsparse.errors import InputError
 from dynsparse.evaluate import predict_levels
-from dynsparse.importance import LanguageScorer, LearnedScorer, Scorer, TaylorScorer, magnitude_scores
-from dynsparse.modeling import ElasticModel, every_other
-from dynsparse.rewire import rewire
+from dynsparse.importance import magnitude_scores
+from dynsparse.importance_phase import Gates, ImportancePhase, fix_depth_rule, ordering_languages
+from dynsparse.modeling import ElasticModel
 from dynsparse.schedule import batch_indices, sample_depths, sample_sizes, total_steps
 from dynsparse.tasks import Task
-from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state
+from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state, truncate_log
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class Batch:
 
 
 class Trainer:
-    """Holds the training state; `train()` only calls `_step`, `_evaluate` and `_save`.
+    """The step loop; `train()` only calls `_step`, `_evaluate` and `_save`.
 
     `world` is this process's place in a torchrun launch (default: a single process). The training forwards
     run through `self.wrapped` (DistributedDataParallel when distributed); `self.model` stays the plain
@@ -69,65 +72,25 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
         self.collate = task.collator(model.tokenizer)
-        self.total = total_steps(args.max_steps, args.num_train_epochs, len(train_ds), self.global_batch,
-                                 args.gradient_accumulation_steps)  # fmt: skip
-        self.optimizer = self._make_optimizer()
+        steps = total_steps(args.max_steps, args.num_train_epochs, len(train_ds), self.global_batch,
+                            args.gradient_accumulation_steps)  # fmt: skip
+        self.optimizer = make_optimizer(model, args)
         from transformers import get_linear_schedule_with_warmup
 
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(args.warmup_ratio * self.total),
-                                                         self.total)  # fmt: skip
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, round(args.warmup_ratio * steps), steps)
         self.one_shot = sparsity.mode == "one-shot"
         self.fine_tune = sparsity.mode == "fine-tune"  # dense only; the ordering is fixed at the end
         self.gated = sparsity.importance in ("taylor", "learned")  # estimated from gates in dense forwards
-        if self.one_shot and not self.gated:
-            self.total = 0  # magnitude or natural order: nothing to run
-        whole_run = self.one_shot or self.fine_tune
-        imp_steps = self.total if whole_run else round(sparsity.importance_ratio * self.total)
-        self.state = TrainerState(importance_steps=imp_steps if self.gated else 0)
-        s = model.shape
-        scorer = LearnedScorer if sparsity.importance == "learned" else TaylorScorer
-        self.scorer: Scorer = scorer(s.layers, s.heads, s.intermediate, self.device)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.mixed_precision)
-        if self.device.type != "cuda":
-            self.amp_dtype = None  # autocast is a GPU feature here; CPU trains in fp32
+        self.total, importance_steps = run_length(steps, sparsity)
+        self.state = TrainerState(importance_steps=importance_steps)
+        self.amp_dtype = autocast_dtype(args.mixed_precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
         self.log_path = self.out_dir / "train_log.jsonl"
         layers = model.shape.layers
         if sparsity.min_depth >= layers:
             raise InputError(f"--min_depth {sparsity.min_depth} must be below the model's {layers} layers")
-        self.min_depth = sparsity.min_depth
-        self.languages = self._orderings_languages()
-        self.lang_scorer = (
-            LanguageScorer(self.languages, layers, s.heads, s.intermediate, self.device) if self.languages else None
-        )
-        self.layer_scores = torch.zeros(layers, device=self.device)  # accumulated |g * dL/dg| of layer gates
-        self.layer_steps = 0
-
-    def _orderings_languages(self) -> list[str]:
-        """The training data's languages when each gets its own ordering (non-shared); none for shared."""
-        if self.sp.orderings == "shared":
-            return []
-        if LANGUAGE not in self.train_ds.column_names:
-            raise InputError("--orderings per-language needs a language column (or one training file per language)")
-        if self.world.distributed:
-            raise InputError("--orderings per-language trains in one process (not under torchrun) for now")
-        values = self.train_ds[LANGUAGE]
-        langs = sorted({str(x) for x in values})
-        if len(langs) < 2:
-            raise InputError(f"--orderings per-language needs at least two languages in the data, found {langs}")
-        bad = [x for x in values if not isinstance(x, str) or not 0 < len(x) <= 64]
-        if bad or len(langs) > 256:
-            raise InputError(f"--orderings per-language: languages must be 1-64 character names, at most 256 of "
-                             f"them; found {len(langs)}, e.g. {(bad or langs)[0]!r:.80}")  # fmt: skip
-        return langs
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        decay: list[torch.nn.Parameter] = []
-        no_decay: list[torch.nn.Parameter] = []
-        for name, p in self.model.named_parameters():
-            (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=self.args.learning_rate)
+        self.languages = ordering_languages(train_ds, sparsity, self.world)
+        self.importance = ImportancePhase(model, sparsity, self.world, self.device, self.languages)
 
     # -- the loop ------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -137,13 +100,13 @@ class Trainer:
         elif self.sp.importance == "magnitude" and not self.state.rewired and not self.fine_tune:
             self._rewire(*magnitude_scores(self.model))
         self.model.meta["ordering"] = {"estimator": self.sp.importance, "mode": self.sp.mode}
-        self._fix_depth_rule()
+        fix_depth_rule(self.model, self.sp)
         start, t0, main = self.state.step, time.time(), self.world.is_main
         bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True, disable=not main)
         with bar, open(self.log_path, "a") if main else nullcontext() as log_file:
             while self.state.step < self.total:
                 if self._importance_done():
-                    self._rewire(*self.scorer.scores())
+                    self._rewire(*self.importance.scorer.scores())
                 record = self._step()
                 self.state.step += 1
                 bar.update(1)
@@ -153,7 +116,7 @@ class Trainer:
                 if self._due(self.args.save_steps):
                     self._save()
         if not self.state.rewired and self.gated:  # fewer steps than the importance phase (or one-shot)
-            self._rewire(*self.scorer.scores())
+            self._rewire(*self.importance.scorer.scores())
         elif self.fine_tune and self.sp.importance == "magnitude":  # the fine-tuned weights' magnitudes
             self._rewire(*magnitude_scores(self.model))
         elapsed = time.time() - t0
@@ -185,14 +148,7 @@ class Trainer:
         return self.gated and not self.state.rewired and self.state.step >= self.state.importance_steps
 
     def _rewire(self, head_scores: torch.Tensor, neuron_scores: torch.Tensor) -> None:
-        if self.gated:
-            self.scorer.fold(self.model)  # learned gates become part of the weights (Taylor's are ones)
-        if self.lang_scorer is not None:  # as the units stand now; `rewire` moves them with their units
-            self.model.set_language_scores(self.languages, *self.lang_scorer.scores())
-        rewire(self.model, head_scores, neuron_scores, self.optimizer)
-        if self.sp.layer_order == "taylor" and self.layer_steps:
-            order = torch.sort(self.layer_scores.cpu(), descending=True, stable=True).indices.tolist()
-            self.model.set_layer_order(order, "taylor")
+        self.importance.rewire(head_scores, neuron_scores, self.optimizer)
         self.state.rewired = True
         log.info("step %d: ordering fixed (%s importance); units rewired", self.state.step, self.sp.importance)
 
@@ -201,20 +157,15 @@ class Trainer:
         """One optimizer step over `gradient_accumulation_steps` micro-batches."""
         self.wrapped.train()
         dense_phase = self.gated and not self.state.rewired
-        step, seed = self.state.step, self.args.seed
-        depths: list[int | None] = [None]
-        if dense_phase or self.fine_tune:
-            sizes = [0.0]  # the whole model: the gates cover every unit
-        else:
-            sizes = sample_sizes(step, seed, self.sp.min_sparsity, self.sp.max_sparsity, self.sp.sizes_per_step)
-            depths = sample_depths(step, seed, self.min_depth, self.model.shape.layers, len(sizes))
+        whole = dense_phase or self.fine_tune  # the whole model: the gates cover every unit
+        sizes, depths = step_sizes(self.state.step, self.args.seed, self.sp, self.model.shape.layers, whole)
         losses = dict.fromkeys(sizes, 0.0)
         accum = self.args.gradient_accumulation_steps
         for micro in range(accum):
             batch = self._batch(self.state.step * accum + micro)
             for s, loss in self._micro_step(batch, sizes, depths, dense_phase, last=micro == accum - 1).items():
                 losses[s] += loss / accum
-        losses = self._average_losses(losses)
+        losses = _average_losses(self.world, self.device, losses)
         if self.one_shot:  # the weights stay as given: only the importance estimate moves
             self.optimizer.zero_grad(set_to_none=True)
             return {"phase": "one-shot", "loss": sum(losses.values())}
@@ -238,31 +189,29 @@ class Trainer:
         last size); the backwards before it accumulate locally.
         """
         scale = 1.0 / self.args.gradient_accumulation_steps
-        gates: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-        if dense_phase:
-            gates = self.lang_scorer.gates(len(batch.labels)) if self.lang_scorer else self.scorer.gates()
-        layer_gate = None
-        if dense_phase and self.sp.layer_order == "taylor":
-            layer_gate = torch.ones(self.model.shape.layers, device=self.device, requires_grad=True)
+        gates = self.importance.gates(len(batch.labels)) if dense_phase else Gates()
         with sync_gradients(self.wrapped, last and len(sizes) == 1):
             with self._autocast():
-                out = self.wrapped(**batch.inputs, sparsity=sizes[0], head_mask=gates[0], neuron_mask=gates[1],
-                                   layer_mask=layer_gate)  # fmt: skip
+                out = self.wrapped(**batch.inputs, sparsity=sizes[0], head_mask=gates.head, neuron_mask=gates.neuron,
+                                   layer_mask=gates.layer)  # fmt: skip
                 loss = self.task.loss(out.logits, batch.labels)
             self.scaler.scale(loss * scale).backward()
-        if self.scaler.is_enabled():  # fp16: the gates' gradients carry the loss scale, and overflow on some steps
-            self._unscale(gates[0], gates[1], layer_gate)
-        if dense_phase and self.lang_scorer is not None and batch.languages is not None:
-            assert isinstance(self.scorer, TaylorScorer) and gates[0] is not None and gates[1] is not None
-            self.scorer.add(*self.lang_scorer.update(gates[0], gates[1], batch.languages))
-        elif dense_phase:
-            self._update_scorer(*gates)
-        if layer_gate is not None:
-            self._update_layer_scores(layer_gate)
+        if dense_phase:  # fp16: the gates' gradients carry the loss scale, and overflow on some steps
+            loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+            self.importance.update(gates, batch.languages, loss_scale)
         losses = {sizes[0]: loss.item()}
         soft = self._teacher_logits(batch, out.logits)
+        return losses | self._sub_sizes(batch, soft, sizes, depths, last)
+
+    def _sub_sizes(
+        self, batch: Batch, soft: torch.Tensor, sizes: list[float], depths: list[int | None], last: bool
+    ) -> dict[float, float]:
+        """Forward and backward the sizes after the densest on a mix of labels and `soft` targets, each language's
+        rows on its own ordering once those are fixed; returns each size's loss."""
+        scale = 1.0 / self.args.gradient_accumulation_steps
         a, t = self.sp.distill_alpha, self.sp.distill_temperature
-        groups = self._language_groups(batch)
+        groups = _language_groups(self.model, batch, self.device)
+        losses: dict[float, float] = {}
         for i, (s, d) in enumerate(zip(sizes[1:], depths[1:], strict=True), start=2):
             losses[s] = 0.0
             for k, (lang, rows, weight) in enumerate(groups):
@@ -279,57 +228,6 @@ class Trainer:
                 losses[s] += sub.item()
         return losses
 
-    def _language_groups(self, batch: Batch) -> list[tuple[str | None, torch.Tensor | None, float]]:
-        """(language, its rows, its share of the batch) for the sub-sizes: each language runs its own ordering once
-        they are fixed; one group of everything under the shared ordering."""
-        if not self.model.languages or batch.languages is None:
-            return [(None, None, 1.0)]
-        n, groups = len(batch.languages), group_rows(batch.languages)
-        return [(lang, torch.tensor(groups[lang], device=self.device), len(groups[lang]) / n)
-                for lang in self.model.languages if lang in groups]  # fmt: skip
-
-    def _update_scorer(self, head_gate: torch.Tensor | None, neuron_gate: torch.Tensor | None) -> None:
-        """Add the gates' gradients to the Taylor scores, averaged over ranks first: the gates are not parameters,
-        so DDP leaves them alone, and every rank needs the global batch's scores to rewire the same way."""
-        if head_gate is None or neuron_gate is None or head_gate.grad is None or neuron_gate.grad is None:
-            raise RuntimeError("gates have no gradient: the dense forward did not use them")
-        average_(self.world, head_gate.grad, neuron_gate.grad)
-        self.scorer.update(head_gate, neuron_gate)
-
-    def _unscale(self, *gates: torch.Tensor | None) -> None:
-        """Divide the loss scale out of the gates' gradients; an overflow step's become zeros (skipping it instead
-        would desynchronise the ranks' all-reduces of the scores)."""
-        scale = self.scaler.get_scale()
-        for g in gates:
-            if g is not None and g.grad is not None:
-                g.grad.div_(scale).nan_to_num_(0.0, 0.0, 0.0)
-
-    def _update_layer_scores(self, gate: torch.Tensor) -> None:
-        """Taylor importance of whole layers: |dL/dg| of a gate on each layer's residual branch (g = 0 drops it)."""
-        if gate.grad is None:
-            raise RuntimeError("the layer gate has no gradient: the dense forward did not use it")
-        average_(self.world, gate.grad)
-        self.layer_scores += gate.grad.detach().abs().float()
-        self.layer_steps += 1
-
-    def _fix_depth_rule(self) -> None:
-        """Record the elastic depth range and, for a fixed rule, the order layers drop in (taylor's comes at
-        rewiring, from the layer gates)."""
-        layers, rule = self.model.shape.layers, self.sp.layer_order
-        self.model.meta["depth"] = {**(self.model.meta.get("depth") or {}), "min_layers": self.min_depth or layers}
-        if rule == "every-other":
-            self.model.set_layer_order(every_other(layers), rule)
-        elif rule == "top":
-            self.model.set_layer_order(list(range(layers)), rule)
-
-    def _average_losses(self, losses: dict[float, float]) -> dict[float, float]:
-        """Mean over ranks, so the log shows the global batch's losses, as a single process would."""
-        if not self.world.distributed:
-            return losses
-        values = torch.tensor(list(losses.values()), device=self.device)
-        average_(self.world, values)
-        return dict(zip(losses, values.tolist(), strict=True))
-
     def _teacher_logits(self, batch: Batch, dense_logits: torch.Tensor) -> torch.Tensor:
         if self.teacher is None:
             return dense_logits.detach().float()  # in-place distillation from this step's dense forward
@@ -345,72 +243,103 @@ class Trainer:
     def _batch(self, micro_step: int) -> Batch:
         # every rank draws the same global batch and keeps its own slice of it
         idx = shard(batch_indices(micro_step, self.args.seed, len(self.train_ds), self.global_batch), self.world)
-        rows = [self.train_ds[int(i)] for i in idx]
-        features = self.collate(rows)
-        labels = features.pop("labels").to(self.device)
-        langs = [str(r[LANGUAGE]) for r in rows] if self.languages else None
-        return Batch(inputs={k: v.to(self.device) for k, v in features.items()}, labels=labels, languages=langs)
+        return collate_batch([self.train_ds[int(i)] for i in idx], self.collate, self.device, bool(self.languages))
 
     # -- evaluation and state ------------------------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:
         """Validation metric of the densest and the smallest size (the full table is computed at the end)."""
         if self.eval_ds is None:
             return {}
-        levels = [self.sp.min_sparsity, self.sp.max_sparsity]
-        preds = predict_levels(self.model, self.task, self.eval_ds, levels, self.args.per_device_eval_batch_size,
-                               progress=False)  # fmt: skip
-        m = self.task.main_metric
-        return {f"eval_dense_{m}": self.task.metrics(preds[levels[0]], self.eval_ds)[m],
-                f"eval_smallest_{m}": self.task.metrics(preds[levels[1]], self.eval_ds)[m]}  # fmt: skip
+        ends = (self.sp.min_sparsity, self.sp.max_sparsity)
+        return evaluate_ends(self.model, self.task, self.eval_ds, ends, self.args.per_device_eval_batch_size)
 
     def _save(self) -> None:
         """Rank 0 writes the state; every rank's RNG goes with it, so each resumes its own generators."""
         rng = gather_objects(self.world, rng_state())
         if not self.world.is_main:
             return
-        scores = {"head": self.scorer.head_scores, "neuron": self.scorer.neuron_scores,
-                  "steps": torch.tensor([self.scorer.steps]), "layer": self.layer_scores,
-                  "layer_steps": torch.tensor([self.layer_steps]),
-                  "layer_order": torch.tensor(self.model.layer_order)}  # fmt: skip
-        if self.lang_scorer is not None:
-            scores.update(lang_head=self.lang_scorer.head_scores, lang_neuron=self.lang_scorer.neuron_scores,
-                          lang_steps=self.lang_scorer.steps)  # fmt: skip
-        path = save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.state, scores,
-                          self.args.save_total_limit, rng)  # fmt: skip
+        path = save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.state,
+                          self.importance.tensors(), self.args.save_total_limit, rng)  # fmt: skip
         log.info("saved training state %s", path)
 
     def _resume(self, path: Path) -> None:
         self.state, scores = load_state(path, self.model, self.optimizer, self.scheduler, self.world.rank)
-        self.scorer.load(scores["head"], scores["neuron"], int(scores["steps"][0]))
-        if self.lang_scorer is not None and "lang_head" in scores:
-            if scores["lang_head"].shape[0] != len(self.languages):
-                raise InputError(f"{path}: its per-language scores are for {scores['lang_head'].shape[0]} languages, "
-                                 f"the training data has {len(self.languages)}")  # fmt: skip
-            ls = self.lang_scorer
-            ls.head_scores, ls.neuron_scores = scores["lang_head"], scores["lang_neuron"]
-            ls.steps = scores["lang_steps"]
-        if "layer" in scores:  # states written before elastic depth have none
-            self.layer_scores, self.layer_steps = scores["layer"].to(self.device), int(scores["layer_steps"][0])
-            self.model.set_layer_order(scores["layer_order"].tolist(), self.sp.layer_order)
+        self.importance.load(scores, path)
         if self.world.is_main:
-            self._truncate_log(self.state.step)
+            truncate_log(self.log_path, self.state.step)
         log.info("resumed from %s at step %d", path, self.state.step)
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop the records of steps after `step` (logged by the run that stopped), so the resumed run's records
-        for those steps are the only ones."""
-        if not self.log_path.is_file():
-            return
-        kept = [line.rstrip("\n") + "\n" for line in self.log_path.read_text().splitlines(keepends=True)
-                if _logged_step(line) <= step]  # fmt: skip
-        tmp = self.log_path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(self.log_path)
+
+def collate_batch(rows: list[dict[str, Any]], collate: Any, device: torch.device, languages: bool) -> Batch:
+    """`rows` as one batch on `device`, with each row's language when orderings are per language."""
+    features = collate(rows)
+    labels = features.pop("labels").to(device)
+    langs = [str(r[LANGUAGE]) for r in rows] if languages else None
+    return Batch(inputs={k: v.to(device) for k, v in features.items()}, labels=labels, languages=langs)
 
 
-def _logged_step(line: str) -> float:
-    """The step of a train_log.jsonl line; infinity for a line a killed run left half-written (it goes)."""
-    try:
-        return float(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return float("inf")
+def step_sizes(
+    step: int, seed: int, sparsity: SparsityArguments, layers: int, whole: bool
+) -> tuple[list[float], list[int | None]]:
+    """The sparsities and depths one step trains: the sandwich's samples, or only the whole model."""
+    if whole:
+        return [0.0], [None]
+    sizes = sample_sizes(step, seed, sparsity.min_sparsity, sparsity.max_sparsity, sparsity.sizes_per_step)
+    return sizes, sample_depths(step, seed, sparsity.min_depth, layers, len(sizes))
+
+
+def run_length(steps: int, sparsity: SparsityArguments) -> tuple[int, int]:
+    """(steps to run, of which the importance phase) out of the `steps` the data and flags ask for."""
+    gated = sparsity.importance in ("taylor", "learned")
+    whole_run = sparsity.mode in ("one-shot", "fine-tune")  # fine-tune: dense only; the ordering is fixed at the end
+    if sparsity.mode == "one-shot" and not gated:
+        return 0, 0  # magnitude or natural order: nothing to run
+    return steps, (steps if whole_run else round(sparsity.importance_ratio * steps)) if gated else 0
+
+
+def autocast_dtype(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype the forwards autocast to; None on CPU, where autocast is not used here and training is fp32."""
+    if device.type != "cuda":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+
+def evaluate_ends(
+    model: ElasticModel, task: Task, eval_ds: Dataset, ends: tuple[float, float], batch_size: int
+) -> dict[str, float]:
+    """The main metric of the densest and the smallest trained size, as logged during training."""
+    preds = predict_levels(model, task, eval_ds, list(ends), batch_size, progress=False)
+    m = task.main_metric
+    return {f"eval_dense_{m}": task.metrics(preds[ends[0]], eval_ds)[m],
+            f"eval_smallest_{m}": task.metrics(preds[ends[1]], eval_ds)[m]}  # fmt: skip
+
+
+def make_optimizer(model: ElasticModel, args: TrainArguments) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the matrices only (not on biases and norms), as transformers' Trainer."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.learning_rate)
+
+
+def _language_groups(
+    model: ElasticModel, batch: Batch, device: torch.device
+) -> list[tuple[str | None, torch.Tensor | None, float]]:
+    """(language, its rows, its share of the batch) for the sub-sizes: each language runs its own ordering once
+    they are fixed; one group of everything under the shared ordering."""
+    if not model.languages or batch.languages is None:
+        return [(None, None, 1.0)]
+    n, groups = len(batch.languages), group_rows(batch.languages)
+    return [(lang, torch.tensor(groups[lang], device=device), len(groups[lang]) / n)
+            for lang in model.languages if lang in groups]  # fmt: skip
+
+
+def _average_losses(world: World, device: torch.device, losses: dict[float, float]) -> dict[float, float]:
+    """Mean over ranks, so the log shows the global batch's losses, as a single process would."""
+    if not world.distributed:
+        return losses
+    values = torch.tensor(list(losses.values()), device=device)
+    average_(world, values)
+    return dict(zip(losses, values.tolist(), strict=True))
