@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import base_parser, device_name, plt, write_result  # noqa: E402
 
 import dynsparse  # noqa: E402
+from dynsparse.assets.default import DEFAULT_FLAGS  # noqa: E402
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments  # noqa: E402
-from dynsparse.default import DEFAULT_FLAGS  # noqa: E402
 from dynsparse.evaluate import predict_levels  # noqa: E402
 from dynsparse.importance import magnitude_scores  # noqa: E402
 from dynsparse.modeling import ElasticModel  # noqa: E402

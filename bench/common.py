@@ -28,7 +28,7 @@ def load_model(spec: str | None, device: str) -> dynsparse.ElasticModel:
     if spec and (Path(spec) / "dynsparse.json").exists():
         return dynsparse.load(spec, device=device)
     if spec is None:
-        from dynsparse.default import default_model_path
+        from dynsparse.assets.default import default_model_path
 
         spec = default_model_path()
     return dynsparse.from_pretrained(spec).to(device).eval()

@@ -2,8 +2,6 @@
 
 import os
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # keep transformers' import-time notices off the CLI
-
 from dynsparse.errors import CheckpointError, InputError
 from dynsparse.modeling import ElasticModel, EncoderOutput
 from dynsparse.pretrained import from_pretrained

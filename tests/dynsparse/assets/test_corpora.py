@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dynsparse import cli
-from dynsparse.corpora import prepare_corpus, read_conll_ner, read_conllu
+from dynsparse.assets.corpora import prepare_corpus, read_conll_ner, read_conllu
 from dynsparse.errors import InputError
 
 PARL_COLUMNS = ["date", "agenda", "speechnumber", "speaker", "party", "party.facts.id", "chair", "terms", "text",

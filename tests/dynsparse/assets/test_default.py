@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from dynsparse.default import prepare_rotten_tomatoes
+from dynsparse.assets.default import prepare_rotten_tomatoes
 
 
 def _has(dist: str) -> bool:

