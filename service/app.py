@@ -24,6 +24,8 @@ from service.console import mount_console
 from service.errors import ClientGone, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestGuard
+from service.protocols import error_body, openai
+from service.protocols.common import describe_errors as _describe
 from service.runtime import open_runtime
 from service.settings import Settings, get_settings
 
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_error = None
     app.include_router(routes.router)
     app.include_router(probes.router)
+    app.include_router(openai.router)
     mount_console(app)  # the operator console at / (static, outside the OpenAPI schema)
     paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, on_reject=_count_413(metrics, paths))
@@ -105,15 +108,21 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Every error, ours or the framework's, as `{"error", "error_type"}` with its status."""
 
     def reply(
-        request: Request, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+        request: Request,
+        status: int,
+        kind: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> Response:
         route = request.scope.get("route")
         metrics.errors.labels(getattr(route, "path", "unmatched"), kind).inc()  # unmatched: no label per bad URL
-        return JSONResponse({"error": message, "error_type": kind}, status_code=status, headers=headers)
+        body = error_body(request.url.path, status, kind, message, param)  # each protocol's own shape
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
-        return reply(request, exc.status, exc.error_type, exc.message, exc.headers)
+        return reply(request, exc.status, exc.error_type, exc.message, exc.headers, getattr(exc, "param", None))
 
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> Response:
@@ -121,7 +130,7 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return reply(request, 422, "validation", _describe(exc.errors()))
+        return reply(request, 422, "validation", _describe(exc.errors()), param=_param(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -149,14 +158,8 @@ def _unparsable(exc: Exception) -> str:
     return "the body is not valid JSON" + (f" ({type(cause).__name__})" if cause is not None else "")
 
 
-def _describe(errors: Any) -> str:
-    """pydantic's error list as one readable line: `body.inputs.0: text must not be empty; ...`."""
-    parts = []
-    for e in list(errors)[:5]:
-        if e.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'decode error')})")
-            continue
-        where = ".".join(str(x) for x in e.get("loc", ()) if not str(x).startswith(("function-", "tuple[")))
-        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts) or "invalid request"
+def _param(errors: Any) -> str | None:
+    """The body field of the first validation error (OpenAI's `param`)."""
+    first: dict[str, Any] = next(iter(errors), {})
+    loc = tuple(first.get("loc", ()))
+    return str(loc[1]) if len(loc) > 1 and loc[0] == "body" else None

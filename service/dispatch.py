@@ -30,6 +30,9 @@ class Outcome:
 
     outputs: list[Any]
     served: dict[str, Any]
+    tokens: int = 0  # tokens the model read for it (specials and every QA window included)
+    characters: int = 0  # characters of its inputs
+    tokenize_ms: float = 0.0  # its batch's tokenizer time (shared with the batch's other requests)
 
 
 async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest[Any]) -> Outcome:
@@ -79,7 +82,8 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         "depth": layers_kept(structure),
         "language": language,
     }
-    return Outcome(outputs, served)
+    chars = sum(_chars(x) for x in body.inputs)
+    return Outcome(outputs, served, job.tokens, chars, round(job.tokenize_ms, 3))
 
 
 def _depth_and_language(rt: Runtime, body: SizedRequest[Any]) -> tuple[int | None, str | None]:
