@@ -109,6 +109,11 @@ def _workload(rt: Runtime, task: Task, inputs: Sequence[Item]) -> tuple[int, int
     return rows, min(window, rt.planner.estimate_tokens(max(_chars(x) for x in inputs)))
 
 
+def check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
+    """The operator's request limits (texts per request, characters per text): a `BadInput` past them."""
+    _check_limits(rt, inputs)
+
+
 def _check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
     """The operator's request limits, checked before any tokenizing (tokens are checked in the batch)."""
     s = rt.settings

@@ -10,20 +10,53 @@ Example:
 
 import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request, Response
-from pydantic import ValidationError
+from fastapi import Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.codec import Task
 from service.dispatch import Outcome, dispatch
 from service.errors import BadInput, ServiceError
 from service.runtime import Runtime
-from service.schemas import SizedRequest
+from service.schemas import Depth, SizedRequest, Sparsity
 from service.settings import Settings
 
 SELECTORS = ("sparsity", "size", "latency_budget_ms", "depth", "language")  # dynsparse's own request fields
 RequestT = TypeVar("RequestT", bound=SizedRequest[Any])
+Budget = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class SizeFields(BaseModel):
+    """dynsparse's size fields beside a protocol's own (checked as on /v1/*: at most one of the first three)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sparsity: Sparsity | None = Field(None, description="serve at this sparsity")
+    size: str | None = Field(None, max_length=100, description="a named size (GET /v1/sizes)")
+    latency_budget_ms: Budget | None = Field(None, description="the largest size predicted to fit this budget")
+    depth: Depth | None = Field(None, description="run only this many layers")
+    language: str | None = Field(None, min_length=1, max_length=64, description="the inputs' language")
+
+    def selectors(self) -> dict[str, Any]:
+        return self.model_dump(include=set(SELECTORS))
+
+
+def size_query(
+    sparsity: Annotated[float | None, Query(ge=0, lt=1, description="serve at this sparsity")] = None,
+    size: Annotated[str | None, Query(max_length=100, description="a named size (GET /v1/sizes)")] = None,
+    latency_budget_ms: Annotated[float | None, Query(gt=0, allow_inf_nan=False, description="a budget")] = None,
+    depth: Annotated[int | None, Query(ge=1, le=1024, description="run only this many layers")] = None,
+    language: Annotated[str | None, Query(min_length=1, max_length=64, description="the inputs' language")] = None,
+) -> dict[str, Any]:
+    """The size in the query string (`?size=small`): for clients that only let you set a URL, such as
+    `huggingface_hub.InferenceClient(base_url=URL + "/embed?size=small")`."""
+    given = {"sparsity": sparsity, "size": size, "latency_budget_ms": latency_budget_ms, "depth": depth,
+             "language": language}  # fmt: skip
+    return {k: v for k, v in given.items() if v is not None}
+
+
+SizeQuery = Annotated[dict[str, Any], Depends(size_query)]
 
 
 class Unsupported(ServiceError):

@@ -16,21 +16,21 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from service.deps import RuntimeDep, require_api_key
 from service.errors import BadInput
 from service.protocols.common import (
-    SELECTORS,
     TIMING_HEADERS,
     ModelNotFound,
+    SizeFields,
     Unsupported,
     build_request,
     model_ids,
     selector_of_model,
     serve,
 )
-from service.schemas import Depth, EmbedRequest, Sparsity
+from service.schemas import EmbedRequest
 
 
 class OpenAIError(BaseModel):
@@ -60,10 +60,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[Depends(require_api_key)], responses=_ERRORS)
 
 
-class EmbeddingsRequest(BaseModel):
+class EmbeddingsRequest(SizeFields):
     """OpenAI's embeddings request, with dynsparse's size fields (the SDK's `extra_body`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(max_length=300, description="NAME, NAME:<size name> or NAME:<sparsity> (GET /v1/models)")
     input: str | list[str] | list[int] | list[list[int]] = Field(
@@ -74,11 +72,6 @@ class EmbeddingsRequest(BaseModel):
     )
     dimensions: int | None = Field(None, description="refused: width pruning does not shorten the output")
     user: str | None = Field(None, max_length=300, description="accepted and ignored")
-    sparsity: Sparsity | None = None
-    size: str | None = Field(None, max_length=100)
-    latency_budget_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
-    depth: Depth | None = None
-    language: str | None = Field(None, min_length=1, max_length=64)
 
 
 class Embedding(BaseModel):
@@ -156,8 +149,7 @@ async def embeddings(
     texts = [body.input] if isinstance(body.input, str) else list(body.input)
     if any(not isinstance(t, str) for t in texts):
         raise Unsupported("token-id input is not supported: send the text (a string or a list of strings)", "input")
-    own = body.model_dump(include=set(SELECTORS))
-    sized = build_request(EmbedRequest, texts, selector_of_model(rt, body.model), own)
+    sized = build_request(EmbedRequest, texts, selector_of_model(rt, body.model), body.selectors())
     outcome = await serve(rt, request, response, "embed", sized)
     data = [Embedding(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(outcome.outputs)]
     return EmbeddingsResponse(data=data, model=body.model, usage=Usage(prompt_tokens=outcome.tokens,
