@@ -72,9 +72,7 @@ def test_top_k_and_sizes_in_parameters(server: Live) -> None:
 
 
 @pytest.mark.parametrize(("query", "selector"), QUERIES[:2])
-def test_feature_extraction_equals_v1_embed(
-    server: Live, emb: Live, query: str, selector: dict[str, Any]
-) -> None:
+def test_feature_extraction_equals_v1_embed(server: Live, emb: Live, query: str, selector: dict[str, Any]) -> None:
     for live, url in ((emb, emb.url + query), (server, server.url + "/embed" + query)):  # task, or TEI's /embed
         want = np.array(v1(live, "/v1/embed", {"inputs": TEXTS, **selector})["embeddings"])
         got = InferenceClient(base_url=url).feature_extraction(TEXTS)
