@@ -24,7 +24,7 @@ from service.console import mount_console
 from service.errors import ClientGone, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestGuard
-from service.protocols import error_body, openai, tei
+from service.protocols import error_body, kserve, openai, tei
 from service.protocols.common import describe_errors as _describe
 from service.runtime import open_runtime
 from service.settings import Settings, get_settings
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(probes.router)
     app.include_router(openai.router)
     app.include_router(tei.router)
+    app.include_router(kserve.router)
     mount_console(app)  # the operator console at / (static, outside the OpenAPI schema)
     paths = {getattr(route, "path", "") for route in app.routes}
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, on_reject=_count_413(metrics, paths))
