@@ -260,7 +260,7 @@ class Batcher:
         of the jobs settled before it in its batch were sent, which the batch's own timing misses)."""
         if job.expected_ms is not None:
             self.calibration.latency.update(latency_ms, job.expected_ms)
-            self.metrics.latency_margin.set(self.calibration.latency.margin_ms)
+            self.metrics.latency_margin.set(self.calibration.latency.margin_ms / 1000)
 
     def queued_keys(self) -> set[JobKey]:
         """Groups with a batch queued: a job joining one adds only its rows to the backlog."""

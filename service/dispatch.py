@@ -176,7 +176,7 @@ def _record(
     rt: Runtime, request: Request, sparsity: float, latency_ms: float, degraded: bool, met: bool | None
 ) -> None:
     endpoint, size = request.url.path, size_label(sparsity)
-    rt.metrics.requests.labels(endpoint, size).inc()
+    rt.metrics.requests.labels(endpoint, size, "200").inc()
     rt.metrics.request_time.labels(endpoint, size).observe(latency_ms / 1000)
     if degraded:
         rt.metrics.degraded.inc()

@@ -190,11 +190,16 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403:
                  422: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
 
 
-def error_body(path: str, status: int, kind: str, message: str, param: str | None = None) -> dict[str, Any]:
+def error_body(
+    path: str, status: int, kind: str, message: str, param: str | None = None, request_id: str | None = None
+) -> dict[str, Any]:
     """The error body of the route at `path`: OpenAI's `{"error": {"message", "type", "param", "code"}}` on the
-    OpenAI routes, else dynsparse's `{"error", "error_type"}` (which is also TEI's shape and has KServe's
-    `error` string)."""
+    OpenAI routes (the SDK reads the request id from the X-Request-ID header), else dynsparse's
+    `{"error", "error_type", "request_id"}` (TEI's shape, with KServe's `error` string)."""
     if path.startswith(_OPENAI_PATHS):
         kind_of = _OPENAI_TYPES.get(status, "server_error")
         return {"error": {"message": message, "type": kind_of, "param": param, "code": kind}}
-    return {"error": message, "error_type": kind}
+    body = {"error": message, "error_type": kind}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import dynsparse
 from service.deps import RuntimeDep, require_api_key
 from service.errors import BadInput
+from service.probes import add_head_routes
 from service.protocols.common import (
     SELECTORS,
     TIMING_HEADERS,
@@ -409,3 +410,6 @@ def _pack(dtype: str, values: list[Any]) -> bytes:
     if dtype == "BYTES":
         return b"".join(struct.pack("<I", len(b)) + b for b in (v.encode() for v in values))
     return np.asarray(values, dtype="<f4" if dtype == "FP32" else "<i8").tobytes()
+
+
+add_head_routes(router)

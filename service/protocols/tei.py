@@ -23,6 +23,7 @@ from service.codec import AnswerSpan, EntitySpan, LabelScore
 from service.deps import RuntimeDep, require_api_key, serving
 from service.dispatch import check_limits
 from service.errors import BadInput
+from service.probes import add_head_routes
 from service.protocols.common import (
     SELECTORS,
     TIMING_HEADERS,
@@ -340,3 +341,6 @@ def _check_embed_options(normalize: bool, dimensions: int | None, body: _TeiOpti
         raise Unsupported("normalize=false is not supported: the embeddings are unit vectors", "normalize")
     if dimensions is not None:
         raise Unsupported("dimensions is not supported: every size returns full-width vectors", "dimensions")
+
+
+add_head_routes(router)

@@ -16,6 +16,8 @@ from svc_live import Live, live_server
 
 from service.settings import Settings
 
+ERROR_KEYS = {"error", "error_type", "request_id"}  # every error body (request_id: X-Request-ID)
+
 TEXTS = ["w1 w2 w3", "w4 w5"]
 
 
@@ -144,7 +146,7 @@ def test_bad_requests_get_teis_error_shape(
 ) -> None:
     r = httpx.post(server.url + path, json=body)
     assert r.status_code == status and r.json()["error_type"] == kind and words in r.json()["error"], r.text
-    assert set(r.json()) == {"error", "error_type"}
+    assert set(r.json()) == ERROR_KEYS
 
 
 def test_predict_on_another_task_is_a_404_naming_its_endpoint(ner: Live) -> None:
