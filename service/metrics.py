@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-disable_created_metrics()  # process-wide in prometheus_client
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
