@@ -25,6 +25,7 @@ from service.console import mount_console
 from service.errors import ClientGone, ServiceError
 from service.metrics import Metrics
 from service.middleware import RequestGuard
+from service.openapi import finish_openapi, operation_id
 from service.protocols import error_body, kserve, openai, tei
 from service.protocols.common import TIMING_HEADERS
 from service.protocols.common import describe_errors as _describe
@@ -51,7 +52,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with load_in_background(app, settings, metrics):  # bound and answering 503 "loading" meanwhile
             yield
 
-    app = FastAPI(title="dynsparse", version=dynsparse.__version__, description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="dynsparse",
+        version=dynsparse.__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=operation_id,  # short operationIds: classify, sizes, openai_embeddings...
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.runtime = None  # set by the lifespan once loaded: until then routes answer 503
@@ -77,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Retry-After", "x-request-id", *TIMING_HEADERS],
         )
     _add_error_handlers(app, metrics)
+    finish_openapi(app, [kserve.InferRequest])
     if settings.api_key is None:
         _document_no_auth(app)
     return app

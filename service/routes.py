@@ -28,6 +28,7 @@ from service.schemas import (
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "API key missing or wrong (when the operator set one)"},
     413: {"model": ErrorResponse, "description": "request body too large"},
+    415: {"model": ErrorResponse, "description": "the body is not JSON (Content-Type)"},
     422: {
         "model": ErrorResponse,
         "description": "bad input: empty or over-long text, bad size selector, a depth over the model's layers "

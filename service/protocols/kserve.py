@@ -104,6 +104,22 @@ class OutputTensor(BaseModel):
 
 
 class InferResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_name": "sst2",
+                    "model_version": "1",
+                    "parameters": {"sparsity": 0.9, "size": "small"},
+                    "outputs": [
+                        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["positive"]},
+                        {"name": "score", "datatype": "FP32", "shape": [1], "data": [0.97]},
+                    ],
+                }
+            ]
+        }
+    )
+
     model_name: str
     model_version: str | None = None
     id: str | None = None
@@ -118,12 +134,33 @@ class MetadataTensor(BaseModel):
 
 
 class ServerMetadata(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "dynsparse", "version": "0.1.0", "extensions": ["binary_tensor_data"]}]
+        }
+    )
+
     name: str
     version: str
     extensions: list[str]
 
 
 class ModelMetadata(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "sst2",
+                    "versions": ["1"],
+                    "platform": "dynsparse",
+                    "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                    "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]}],
+                    "parameters": {"task": "text-classification", "sizes": {"small": 0.9}},
+                }
+            ]
+        }
+    )
+
     name: str
     versions: list[str]
     platform: str
@@ -133,14 +170,20 @@ class ModelMetadata(BaseModel):
 
 
 class Live(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"live": True}]})
+
     live: bool
 
 
 class Ready(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"ready": True}]})
+
     ready: bool
 
 
 class ModelReady(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"name": "sst2", "ready": True}]})
+
     name: str
     ready: bool
 

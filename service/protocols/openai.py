@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Body, Depends, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.deps import RuntimeDep, require_api_key
 from service.errors import BadInput
@@ -51,6 +51,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": OpenAIErrorResponse, "description": "API key missing or wrong (when the operator set one)"},
     404: {"model": OpenAIErrorResponse, "description": "a model id this server does not serve"},
     413: {"model": OpenAIErrorResponse, "description": "request body too large"},
+    415: {"model": OpenAIErrorResponse, "description": "the body is not JSON (Content-Type)"},
     422: {"model": OpenAIErrorResponse, "description": "bad input, as on /v1/embed"},
     429: {"model": OpenAIErrorResponse, "description": "queue full; see the Retry-After header"},
     503: {"model": OpenAIErrorResponse, "description": "model not ready (loading or shutting down)"},
@@ -95,6 +96,10 @@ class EmbeddingsResponse(BaseModel):
 
 
 class Model(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"id": "sst2:small", "object": "model", "created": 0, "owned_by": "dynsparse"}]}
+    )
+
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default=0, description="0: a served checkpoint has no creation date")
@@ -102,6 +107,10 @@ class Model(BaseModel):
 
 
 class ModelList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [
+        {"id": "sst2", "object": "model", "created": 0, "owned_by": "dynsparse"},
+        {"id": "sst2:small", "object": "model", "created": 0, "owned_by": "dynsparse"}]}]})  # fmt: skip
+
     object: Literal["list"] = "list"
     data: list[Model]
 

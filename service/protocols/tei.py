@@ -34,12 +34,22 @@ from service.protocols.common import (
     serve,
     served_model_name,
 )
-from service.routes import ERRORS
+from service.routes import ERRORS, OTHER_TASK
 from service.runtime import Runtime
-from service.schemas import AnswerRequest, ClassifyRequest, EmbedRequest, Health, TokensRequest
+from service.schemas import AnswerRequest, ClassifyRequest, EmbedRequest, ErrorResponse, Health, TokensRequest
 
-router = APIRouter(tags=["huggingface"], dependencies=[Depends(require_api_key)], responses=ERRORS)
-_OK: dict[int | str, dict[str, Any]] = {200: {"headers": TIMING_HEADERS}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"model": ErrorResponse, "description": "a TEI option dynsparse does not support (truncate, prompt_name...)"},
+}
+router = APIRouter(tags=["huggingface"], dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+def _ok(example: Any) -> dict[int | str, dict[str, Any]]:
+    return {200: {"headers": TIMING_HEADERS, "content": {"application/json": {"example": example}}}}
+
+
+_SCORES = [{"label": "positive", "score": 0.97}, {"label": "negative", "score": 0.03}]
 
 
 class _TeiOptions(SizeFields):
@@ -113,6 +123,15 @@ class ModelType(BaseModel):
 class Info(BaseModel):
     """TEI's /info, plus dynsparse's sizes."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model_id": "sst2", "model_sha": None, "model_dtype": "float32",
+        "model_type": {"classifier": {"id2label": {"0": "negative", "1": "positive"},
+                                      "label2id": {"negative": 0, "positive": 1}}},
+        "max_concurrent_requests": 256, "max_input_length": 510, "max_batch_tokens": 16320, "max_batch_requests": 32,
+        "max_client_batch_size": 64, "tokenization_workers": 1, "version": "0.1.0", "sha": None, "docker_label": None,
+        "task": "text-classification", "sizes": {"dense": 0.0, "medium": 0.45, "small": 0.9},
+        "default": {"sparsity": 0.0, "size": None}, "allowed": [0.0, 0.9]}]})  # fmt: skip
+
     model_id: str
     model_sha: str | None = None
     model_dtype: str
@@ -133,7 +152,12 @@ class Info(BaseModel):
 
 
 # -- TEI ---------------------------------------------------------------------------------------------------------
-@router.post("/embed", summary="TEI: embeddings at a chosen size", operation_id="tei_embed", responses=_OK)
+@router.post(
+    "/embed",
+    summary="TEI: embeddings at a chosen size",
+    operation_id="tei_embed",
+    responses=_ok([[0.031, -0.112, 0.054]]),
+)
 async def embed(
     body: Annotated[EmbedInput, Body()], rt: RuntimeDep, request: Request, response: Response, query: SizeQuery
 ) -> list[list[float]]:
@@ -145,7 +169,7 @@ async def embed(
 
 
 @router.post("/predict", summary="TEI: every label's score at a chosen size", operation_id="tei_predict",
-             responses=_OK, dependencies=[Depends(serving("classify"))])  # fmt: skip
+             responses={**_ok(_SCORES), **OTHER_TASK}, dependencies=[Depends(serving("classify"))])  # fmt: skip
 async def predict(
     body: Annotated[PredictInput, Body()], rt: RuntimeDep, request: Request, response: Response, query: SizeQuery
 ) -> list[Score] | list[list[Score]]:
@@ -160,7 +184,12 @@ async def predict(
     return results[0] if single else results
 
 
-@router.post("/tokenize", summary="TEI: the tokenizer's tokens", operation_id="tei_tokenize")
+_TOKENS = [[{"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
+            {"id": 2307, "text": "good", "special": False, "start": 0, "stop": 4}]]  # fmt: skip
+
+
+@router.post("/tokenize", summary="TEI: the tokenizer's tokens", operation_id="tei_tokenize",
+             responses={200: {"content": {"application/json": {"example": _TOKENS}}}})  # fmt: skip
 async def tokenize(body: TokenizeInput, rt: RuntimeDep) -> list[list[SimpleToken]]:
     """Per text, its tokens with character offsets (`start`, `stop`; none for special tokens)."""
     if body.prompt_name is not None:
@@ -228,7 +257,7 @@ _PARAMETERS = {"classify": {"top_k", "function_to_apply"}, "tokens": {"aggregati
 
 
 @router.post("/", summary="HF Inference: the checkpoint's task at a chosen size", operation_id="hf_infer",
-             responses=_OK)  # fmt: skip
+             responses=_ok([_SCORES]))  # fmt: skip
 async def infer(
     body: Annotated[InferenceInput, Body()], rt: RuntimeDep, request: Request, response: Response, query: SizeQuery
 ) -> Any:
