@@ -330,7 +330,7 @@ async def _answer(rt: Runtime, request: Request, response: Response, inputs: Any
     """The best span per question, as the question-answering pipeline answers (one dict for one question)."""
     if params.get("top_k") not in (None, 1):
         raise Unsupported("top_k is not supported: one answer per question", "parameters.top_k")
-    items = _listed(inputs) if not isinstance(inputs, dict) else [inputs]
+    items = _listed(inputs)
     outcome = await serve(rt, request, response, "answer", build_request(AnswerRequest, items, *selectors))
     results = [_answer_dict(a) for a in outcome.outputs]
     return results[0] if isinstance(inputs, dict) else results
@@ -341,8 +341,9 @@ def _answer_dict(a: AnswerSpan) -> dict[str, Any]:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
-def _listed(inputs: Any) -> Any:
-    return [inputs] if isinstance(inputs, str | dict) else inputs
+def _listed(inputs: Any) -> list[Any]:
+    """A list as it is; anything else (a text, a dict, a wrong type the request model then names) as one input."""
+    return inputs if isinstance(inputs, list) else [inputs]
 
 
 def _scores(labels: list[str], out: LabelScore, kind: str, top_k: int | None) -> list[Score]:
