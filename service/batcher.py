@@ -61,6 +61,8 @@ class Job:
     arrived: float = field(default_factory=time.monotonic)
     started: float | None = None
     inference_ms: float = 0.0
+    tokens: int = 0  # its rows' tokens, when the runner reports them (`Engine.last_run`)
+    tokenize_ms: float = 0.0  # its batch's tokenizer time (shared by the batch)
     future: "asyncio.Future[list[Any]]" = field(default_factory=_new_future)
 
     @property
@@ -240,8 +242,12 @@ class Batcher:
             self._calibrate(batch, elapsed * 1000, predicted_ms)
         self.metrics.inference_time.labels(size).observe(elapsed)
         self.metrics.batch_size.labels(size).observe(sum(len(j.items) for j in batch))
-        for job, result in zip(batch, results, strict=True):
+        stats = getattr(self.runner, "last_run", None)  # the engine's token counts (a test's fake has none)
+        tokens = list(getattr(stats, "tokens", [])) if not failed else []
+        for k, (job, result) in enumerate(zip(batch, results, strict=True)):
             job.inference_ms = elapsed * 1000
+            if len(tokens) == len(batch):
+                job.tokens, job.tokenize_ms = tokens[k], float(getattr(stats, "tokenize_ms", 0.0))
             _settle(job, result)
 
     def _calibrate(self, batch: list[Job], elapsed_ms: float, predicted_ms: float) -> None:
@@ -254,7 +260,7 @@ class Batcher:
         of the jobs settled before it in its batch were sent, which the batch's own timing misses)."""
         if job.expected_ms is not None:
             self.calibration.latency.update(latency_ms, job.expected_ms)
-            self.metrics.latency_margin.set(self.calibration.latency.margin_ms)
+            self.metrics.latency_margin.set(self.calibration.latency.margin_ms / 1000)
 
     def queued_keys(self) -> set[JobKey]:
         """Groups with a batch queued: a job joining one adds only its rows to the backlog."""

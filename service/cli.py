@@ -67,13 +67,15 @@ def serve(args: argparse.Namespace) -> None:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,  # every admitted request gets its deadline
+        access_log=False,  # service.tracing logs each request, with its X-Request-ID and trace id
     )
     server = uvicorn.Server(config)
+    app.state.on_startup_failure.append(lambda: setattr(server, "should_exit", True))  # the model failed to load
     try:
         server.run()
     except SystemExit:  # uvicorn exits 3 when the lifespan fails; a bad checkpoint is a usage error (2)
         if app.state.startup_error:
             raise InputError(app.state.startup_error) from None
         raise
-    if not server.started:
+    if app.state.startup_error or not server.started:
         raise InputError(app.state.startup_error or "the server did not start (see the log above)")

@@ -28,7 +28,20 @@ from dynsparse.tasks.tokens import first_subwords, group_entities, is_bio
 
 Task = Literal["classify", "embed", "tokens", "answer"]
 Item = str | tuple[str, ...]  # a text; a text pair (classify, embed); words (tokens); (question, context) (answer)
-LabelScore = tuple[int, float]  # (label id, probability of that label): one classify output
+
+
+class LabelScore(tuple[int, float]):
+    """One classify output: unpacks as (label id, probability of that label); `probs` and `logits` hold every
+    label's (TEI's /predict lists them all)."""
+
+    probs: tuple[float, ...]
+    logits: tuple[float, ...]
+
+    def __new__(cls, label: int, score: float, probs: Sequence[float], logits: Sequence[float]) -> "LabelScore":
+        self = super().__new__(cls, (label, score))
+        self.probs, self.logits = tuple(probs), tuple(logits)
+        return self
+
 
 ENDPOINT: dict[str, Task] = {  # a checkpoint's task (transformers' pipeline name) -> its endpoint
     "text-classification": "classify",
@@ -135,7 +148,9 @@ class TextCodec:
     def reduce(self, out: Tensor, mask: Tensor) -> list[Any]:
         if self.uses_head:  # (B, C) label logits
             label, score = predict_proba(out)  # (B,), (B,)
-            return list(zip(label.tolist(), score.tolist(), strict=True))
+            logits = out.float()  # (B, C)
+            rows = zip(label.tolist(), score.tolist(), logits.softmax(-1).tolist(), logits.tolist(), strict=True)
+            return [LabelScore(*row) for row in rows]
         hidden = out.float()  # (B, T, H)
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): mean over real tokens only
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)

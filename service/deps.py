@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.codec import Task
-from service.errors import NotReady, Unauthorized, WrongTask
+from service.errors import Loading, NotReady, StartupFailed, Unauthorized, WrongTask
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -25,11 +25,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings_of_app)]
 
 
 def get_runtime(request: Request) -> Runtime:
-    """The loaded runtime; `NotReady` (503) while loading or draining."""
-    runtime: Runtime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None or not runtime.ready:
-        raise NotReady()
-    return runtime
+    """The loaded runtime; 503 while loading (`Loading`), after a failed load or while draining (`NotReady`)."""
+    state = request.app.state
+    runtime: Runtime | None = getattr(state, "runtime", None)
+    if runtime is not None and runtime.ready:
+        return runtime
+    if getattr(state, "startup_error", None):
+        raise StartupFailed(f"the model could not be loaded: {state.startup_error}")
+    if getattr(state, "loading", False):
+        raise Loading()
+    raise NotReady()
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

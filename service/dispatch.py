@@ -30,6 +30,9 @@ class Outcome:
 
     outputs: list[Any]
     served: dict[str, Any]
+    tokens: int = 0  # tokens the model read for it (specials and every QA window included)
+    characters: int = 0  # characters of its inputs
+    tokenize_ms: float = 0.0  # its batch's tokenizer time (shared with the batch's other requests)
 
 
 async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest[Any]) -> Outcome:
@@ -79,7 +82,8 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         "depth": layers_kept(structure),
         "language": language,
     }
-    return Outcome(outputs, served)
+    chars = sum(_chars(x) for x in body.inputs)
+    return Outcome(outputs, served, job.tokens, chars, round(job.tokenize_ms, 3))
 
 
 def _depth_and_language(rt: Runtime, body: SizedRequest[Any]) -> tuple[int | None, str | None]:
@@ -103,6 +107,11 @@ def _workload(rt: Runtime, task: Task, inputs: Sequence[Item]) -> tuple[int, int
     window = rt.engine.window  # a long context is read in windows: one row each
     rows = sum(rt.planner.estimate_windows(_chars(x), window) for x in inputs)
     return rows, min(window, rt.planner.estimate_tokens(max(_chars(x) for x in inputs)))
+
+
+def check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
+    """The operator's request limits (texts per request, characters per text): a `BadInput` past them."""
+    _check_limits(rt, inputs)
 
 
 def _check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
@@ -167,7 +176,7 @@ def _record(
     rt: Runtime, request: Request, sparsity: float, latency_ms: float, degraded: bool, met: bool | None
 ) -> None:
     endpoint, size = request.url.path, size_label(sparsity)
-    rt.metrics.requests.labels(endpoint, size).inc()
+    rt.metrics.requests.labels(endpoint, size, "200").inc()
     rt.metrics.request_time.labels(endpoint, size).observe(latency_ms / 1000)
     if degraded:
         rt.metrics.degraded.inc()

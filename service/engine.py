@@ -9,7 +9,9 @@ gets its structure passed in (a per-language forward only reads the model's cach
 
 import logging
 import os
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -71,6 +73,15 @@ def pick_dtype(name: Dtype, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
+@dataclass
+class RunStats:
+    """What the last `Engine.run` read: tokens per request (its rows' ids, specials included) and the time the
+    tokenizer took for the whole batch (shared by its requests)."""
+
+    tokens: list[int] = field(default_factory=list)
+    tokenize_ms: float = 0.0
+
+
 class Engine:
     """One loaded checkpoint that runs batches at any size.
 
@@ -105,6 +116,7 @@ class Engine:
         self.window = min(self.max_tokens, int(trained_len)) if isinstance(trained_len, int) else self.max_tokens
         self._codecs = make_codecs(self.tasks, self.tokenizer, self.max_tokens, self.labels, self.window)
         self._structures: dict[tuple[float, int | None, str | None], Structure] = {}
+        self.last_run = RunStats()  # read by the batcher after each run, on the loop (the worker is idle then)
 
     @property
     def endpoint(self) -> Task:
@@ -173,8 +185,11 @@ class Engine:
         token limit): one bad request never fails others.
         """
         codec = self._codecs[task]
+        began = time.perf_counter()
         encoded = codec.encode([item for group in groups for item in group])
+        tokenize_ms = (time.perf_counter() - began) * 1000
         results: list[list[Any] | InputError] = []
+        tokens: list[int] = []
         accepted: list[Encoded] = []
         start = 0
         for group in groups:
@@ -182,6 +197,7 @@ class Engine:
             start += len(group)
             error = self._reject(mine)
             results.append(error if error is not None else [])
+            tokens.append(sum(len(r.ids) for e in mine if isinstance(e, Encoded) for r in e.rows))
             if error is None:
                 accepted.extend(e for e in mine if isinstance(e, Encoded))
         outputs = iter(self._forward(codec, structure, language, [row for e in accepted for row in e.rows]))
@@ -189,6 +205,7 @@ class Engine:
         for out, group in zip(results, groups, strict=True):
             if not isinstance(out, InputError):
                 out.extend(next(decoded) for _ in group)
+        self.last_run = RunStats(tokens, tokenize_ms)
         return results
 
     def _reject(self, encoded: Sequence[Encoded | InputError]) -> InputError | None:

@@ -62,6 +62,21 @@ class NotReady(ServiceError):
         super().__init__(message, {"Retry-After": "1"})
 
 
+class Loading(NotReady):
+    """The server is up and the model still loading (503): a startupProbe waits on this."""
+
+    error_type = "loading"
+
+    def __init__(self) -> None:
+        super().__init__("the model is loading; retry shortly")
+
+
+class StartupFailed(NotReady):
+    """The model could not be loaded (503, the reason in the message); the server is stopping."""
+
+    error_type = "startup_failed"
+
+
 class DeadlineExceeded(ServiceError):
     """The request outlived its deadline; its queued work was dropped (504)."""
 

@@ -1,5 +1,6 @@
-"""Prometheus metrics: requests, errors, queue time, inference time and batch size, by size; the planner's
-latency corrections.
+"""Prometheus metrics: requests (by status code), errors, queue time, inference time and batch size, by size; the
+planner's latency corrections; the process and Python collectors. Names are in base units (seconds, `_ratio`),
+and no `_created` series are exported (they double every counter for little use).
 
 Each app gets its own registry (several apps in one test process must not collide). Sizes are labelled
 by sparsity rounded to two decimals, so arbitrary client floats cannot grow the label set without bound.
@@ -9,12 +10,18 @@ from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -32,7 +39,12 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         size = ["size"]
         seconds: dict[str, Any] = {"buckets": _SECONDS, "registry": r}
-        self.requests = Counter("dynsparse_requests", "Requests answered", ["endpoint", "size"], registry=r)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # stateless: safe in many registries
+            r.register(collector)
+        self.requests = Counter(
+            "dynsparse_requests", "Requests answered, by status code (errors: size none)", ["endpoint", "size", "code"],
+            registry=r,
+        )
         self.errors = Counter("dynsparse_errors", "Error responses", ["endpoint", "error_type"], registry=r)
         self.request_time = Histogram(
             "dynsparse_request_seconds", "Time in the server", ["endpoint", "size"], **seconds
@@ -49,14 +61,14 @@ class Metrics:
         )
         self.budget = Counter("dynsparse_latency_budget", "Requests with a latency budget, by met", ["met"], registry=r)
         self.correction = Gauge(
-            "dynsparse_latency_correction",
+            "dynsparse_latency_correction_ratio",
             "Measured / profiled batch time: the device's speed now, which scales every prediction (kind: inference)",
             ["kind"],
             registry=r,
         )
         self.correction.labels("inference").set(1.0)  # no measurement yet: the profile as it is
         self.latency_margin = Gauge(
-            "dynsparse_latency_margin_ms",
+            "dynsparse_latency_margin_seconds",
             "What a latency budget plans for beyond the prediction: the budget_quantile of measured - predicted",
             registry=r,
         )

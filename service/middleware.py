@@ -1,5 +1,5 @@
 """A pure ASGI guard in front of the app: stamps each request's arrival time and refuses bodies over the
-limit (413) before any JSON parsing; no body is ever held beyond `max_body_bytes`."""
+limit (413) and bodies that are not JSON (415) before any parsing; no body is ever held beyond `max_body_bytes`."""
 
 import time
 from collections.abc import Awaitable, Callable
@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OnReject = Callable[[Scope], None]
+OnReject = Callable[[Scope, str], None]  # (scope, error_type): for the error counter
+_BINARY_PATHS = ("/v2/",)  # KServe's binary tensor extension sends octet-stream bodies
 
 
 class _Disconnected(Exception):
@@ -33,6 +34,11 @@ class RequestGuard:
             return
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
+            return
+        media = _media_type(scope)
+        if media is not None and not _is_json(media, scope["path"]):
+            message = f"the body must be JSON (Content-Type: application/json), got {media[:60]!r}"
+            await self._refuse(scope, receive, send, 415, "unsupported_media_type", message)
             return
         try:
             body = await self._read_body(receive)
@@ -60,13 +66,38 @@ class RequestGuard:
         return b"".join(chunks)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"request body is larger than {self.max_body_bytes} bytes"
+        await self._refuse(scope, receive, send, 413, "payload_too_large", message, {"Connection": "close"})
+
+    async def _refuse(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        status: int,
+        kind: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         if self.on_reject is not None:
-            self.on_reject(scope)
-        error = {
-            "error": f"request body is larger than {self.max_body_bytes} bytes",
-            "error_type": "payload_too_large",
-        }
-        await JSONResponse(error, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+            self.on_reject(scope, kind)
+        error = {"error": message, "error_type": kind}
+        rid = scope.get("state", {}).get("request_id")
+        if rid is not None:
+            error["request_id"] = rid
+        await JSONResponse(error, status_code=status, headers=headers)(scope, receive, send)
+
+
+def _media_type(scope: Scope) -> str | None:
+    """The body's media type, lower-cased without parameters; None when the client sent no Content-Type."""
+    raw = dict(scope["headers"]).get(b"content-type")
+    return None if raw is None else raw.decode("latin-1").split(";")[0].strip().lower()
+
+
+def _is_json(media: str, path: str) -> bool:
+    if media == "application/json" or media.endswith("+json"):
+        return True
+    return media == "application/octet-stream" and path.startswith(_BINARY_PATHS)
 
 
 def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:

@@ -3,6 +3,7 @@
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
 
 from service.deps import RuntimeDep
 from service.errors import NotReady
@@ -35,3 +36,19 @@ async def metrics(request: Request) -> Response:
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.render()
     return Response(body, media_type=content_type)
+
+
+
+PROBE_PATHS = ("/healthz", "/readyz", "/health", "/v2/health/live", "/v2/health/ready")
+
+
+def add_head_routes(router: APIRouter, paths: tuple[str, ...] = PROBE_PATHS) -> None:
+    """`HEAD` on the probes of `router` (load balancers and `curl -I` use it): the GET endpoint, outside the
+    schema (one operation per path there)."""
+    for route in list(router.routes):
+        if isinstance(route, APIRoute) and route.path in paths and "GET" in (route.methods or set()):
+            router.add_api_route(route.path.removeprefix(router.prefix), route.endpoint, methods=["HEAD"],
+                                 include_in_schema=False)  # fmt: skip
+
+
+add_head_routes(router)

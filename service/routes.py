@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Request, Response
 from service.codec import AnswerSpan, EntitySpan
 from service.deps import RuntimeDep, require_api_key, serving
 from service.dispatch import Outcome, dispatch
+from service.protocols.common import timing_headers
 from service.schemas import (
     Answer,
     AnswerRequest,
@@ -27,6 +28,7 @@ from service.schemas import (
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "API key missing or wrong (when the operator set one)"},
     413: {"model": ErrorResponse, "description": "request body too large"},
+    415: {"model": ErrorResponse, "description": "the body is not JSON (Content-Type)"},
     422: {
         "model": ErrorResponse,
         "description": "bad input: empty or over-long text, bad size selector, a depth over the model's layers "
@@ -92,11 +94,7 @@ _ANSWER_EXAMPLES: dict[str, Any] = {
 
 def _timing_headers(response: Response, outcome: Outcome) -> None:
     """Timing headers as text-embeddings-inference sends them, for proxies and load tests."""
-    served = outcome.served
-    response.headers["x-sparsity"] = str(served["sparsity"])
-    response.headers["x-total-time"] = str(served["latency_ms"])
-    response.headers["x-queue-time"] = str(served["queue_ms"])
-    response.headers["x-inference-time"] = str(served["inference_ms"])
+    timing_headers(response, outcome)
 
 
 @router.post(

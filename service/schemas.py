@@ -200,8 +200,16 @@ class ClassifyResponse(Served):
     )
 
 
+_SERVED = {"sparsity": 0.5, "size": None, "latency_ms": 4.2, "queue_ms": 1.1, "inference_ms": 3.1, "budget_met": None,
+           "degraded": False, "depth": 12, "language": None}  # fmt: skip
+
+
 class EmbedResponse(Served):
     """One unit vector per input, in input order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"embeddings": [[0.031, -0.112, 0.054]], "dimensions": 3, **_SERVED}]}
+    )
 
     embeddings: list[list[float]] = Field(description="mean-pooled, L2-normalised last hidden states")
     dimensions: int
@@ -220,6 +228,9 @@ class Entity(BaseModel):
 class TokensResponse(Served):
     """Per input, in input order, its entities (or tagged words) in text order."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [[{"entity_group": "PER", "score": 0.98,
+        "word": "Ada Lovelace", "start": 0, "end": 12}]], **_SERVED}]})  # fmt: skip
+
     results: list[list[Entity]]
 
 
@@ -234,6 +245,9 @@ class Answer(BaseModel):
 
 class AnswerResponse(Served):
     """One answer per input, in input order."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [
+        {"answer": "London", "score": 0.91, "start": 26, "end": 32}], **_SERVED}]})  # fmt: skip
 
     results: list[Answer]
 
@@ -264,6 +278,16 @@ class Measurement(BaseModel):
 class SizesResponse(BaseModel):
     """The sizes this server serves and what each costs."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "task": "text-classification", "endpoint": "/v1/classify", "endpoints": ["/v1/classify", "/v1/embed"],
+        "levels": [{"sparsity": 0.0, "names": ["dense"], "params": 22713602, "params_encoder": 10646784,
+                    "params_embeddings": 12066816, "flops": 2181038080, "latency_ms": 41.2, "accuracy": 0.81}],
+        "sizes": {"dense": 0.0, "medium": 0.45, "small": 0.9}, "default": {"sparsity": 0.0, "size": None},
+        "allowed": [0.0, 0.9], "grid": None, "metric": "accuracy", "device": "cpu (2 threads), float32",
+        "latency_batch": 8, "latency_seq_len": 128,
+        "profile": [{"sparsity": 0.0, "batch": 8, "seq_len": 128, "latency_ms": 41.2}],
+        "layers": 6, "depth": None, "languages": []}]})  # fmt: skip
+
     task: str = Field(description="what the checkpoint was trained for, e.g. token-classification")
     endpoint: str = Field(description="its endpoint, e.g. /v1/tokens")
     endpoints: list[str] = Field(description="every inference endpoint it serves (its own and /v1/embed)")
@@ -288,11 +312,17 @@ class SizesResponse(BaseModel):
 class Health(BaseModel):
     """Liveness."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
     status: str
 
 
 class Ready(BaseModel):
     """Readiness, with the device and the current queue."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "device": "cpu (2 threads), float32", "queue_depth": 0}]}
+    )
 
     status: str
     device: str

@@ -29,6 +29,14 @@ class Settings(BaseSettings):
 
     # -- what to serve, and where
     checkpoint: Path = Field(description="dynsparse checkpoint directory (loaded once, serves every size)")
+    served_model_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^:/\s]+$",
+        description="the model id of the OpenAI, TEI and KServe routes (NAME, NAME:SIZE); default: the checkpoint "
+        "directory's name",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     device: str | None = Field(None, description="torch device; default: cuda when available, else cpu")

@@ -49,7 +49,7 @@ function renderSizeRows(samples) {
   const bSum = sumBy(samples, "dynsparse_batch_size_sum", "size");
   const bCount = sumBy(samples, "dynsparse_batch_size_count", "size");
   const ms = (b, q) => (b ? fmtMs(quantile(b, q) === null ? null : quantile(b, q) * 1000) : "–");
-  const sizes = [...counts.keys()].filter((k) => counts.get(k) > 0).sort((a, b) => parseFloat(a) - parseFloat(b));
+  const sizes = [...counts.keys()].filter((k) => k !== "none" && counts.get(k) > 0).sort((a, b) => parseFloat(a) - parseFloat(b));
   const rows = sizes.map((k) =>
     el("tr", { "data-size": k },
       el("td", {}, k),

@@ -53,8 +53,9 @@ class Live:
 
 
 @contextmanager
-def live_server(settings: Settings, log_level: str = "warning") -> Iterator[Live]:
-    """Start a real uvicorn server on a free port; stop it (gracefully) on exit."""
+def live_server(settings: Settings, log_level: str = "warning", loaded: bool = True) -> Iterator[Live]:
+    """Start a real uvicorn server on a free port (once the model is loaded, unless `loaded` is False: then as
+    soon as it binds); stop it (gracefully) on exit."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # the socket is handed to uvicorn: no race for the port
     port = sock.getsockname()[1]
@@ -65,9 +66,12 @@ def live_server(settings: Settings, log_level: str = "warning") -> Iterator[Live
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 90
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+    up = lambda: server.started and (app.state.runtime is not None or not loaded)  # noqa: E731 - loads after bind
+    while not up() and not app.state.startup_error and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
-    if not server.started:
+    if not up():
+        server.should_exit = True
+        thread.join(30)
         raise RuntimeError(f"server did not start: {app.state.startup_error}")
     try:
         yield Live(f"http://127.0.0.1:{port}", app, server, thread, loops)

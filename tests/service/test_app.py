@@ -16,12 +16,14 @@ from service.app import create_app
 from service.runtime import frozen_heap
 from service.settings import Settings
 
+ERROR_KEYS = {"error", "error_type", "request_id"}  # every error body (request_id: X-Request-ID)
+
 TEXTS = ["w1 w2 w3", "w4 w5"]
 
 
 def is_error(r: httpx.Response, status: int, error_type: str) -> bool:
     body = r.json()
-    return r.status_code == status and set(body) == {"error", "error_type"} and body["error_type"] == error_type
+    return r.status_code == status and set(body) == ERROR_KEYS and body["error_type"] == error_type
 
 
 @pytest.mark.parametrize("s", [0.0, 0.5, 0.9])
@@ -78,12 +80,12 @@ def test_probes_and_metrics(api: httpx.Client, server: Live) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
-    before = server.metric("dynsparse_requests_total", endpoint="/v1/classify", size="0.30")
+    before = server.metric("dynsparse_requests_total", endpoint="/v1/classify", size="0.30", code="200")
     api.post("/v1/classify", json={"inputs": ["w1"], "sparsity": 0.3})
     text = api.get("/metrics").text
     assert "# TYPE dynsparse_queue_seconds histogram" in text and "dynsparse_batch_size_bucket" in text
     assert "dynsparse_inference_seconds_count" in text
-    assert server.metric("dynsparse_requests_total", endpoint="/v1/classify", size="0.30") == before + 1
+    assert server.metric("dynsparse_requests_total", endpoint="/v1/classify", size="0.30", code="200") == before + 1
 
 
 def test_a_serving_server_keeps_the_collector_off_its_startup_heap(api: httpx.Client) -> None:

@@ -182,5 +182,5 @@ async def test_finished_work_updates_the_corrections_and_their_gauges() -> None:
     b.observe_latency(j, 30.0)
     assert b.calibration.latency.margin_ms == pytest.approx(20.0)  # the one request measured: 30 ms against 10
     body = metrics.render()[0].decode()
-    assert 'dynsparse_latency_correction{kind="inference"}' in body
-    assert "dynsparse_latency_margin_ms 20.0" in body
+    assert 'dynsparse_latency_correction_ratio{kind="inference"}' in body
+    assert "dynsparse_latency_margin_seconds 0.02" in body

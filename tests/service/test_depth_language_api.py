@@ -16,13 +16,15 @@ from svc_live import Live, live_server
 import dynsparse
 from service.settings import Settings
 
+ERROR_KEYS = {"error", "error_type", "request_id"}  # every error body (request_id: X-Request-ID)
+
 TEXTS = ["w1 w2 w3", "w4 w5 w6 w7 w8"]
 LANGUAGES = ["de", "en"]
 
 
 def is_error(r: httpx.Response, error_type: str = "validation") -> bool:
     body = r.json()
-    return r.status_code == 422 and set(body) == {"error", "error_type"} and body["error_type"] == error_type
+    return r.status_code == 422 and set(body) == ERROR_KEYS and body["error_type"] == error_type
 
 
 def probs(model: dynsparse.ElasticModel, texts: list[str], **size: Any) -> torch.Tensor:

@@ -65,7 +65,7 @@ def test_past_the_deadline_is_504_and_the_work_is_dropped(make_settings: Callabl
         assert live.metric("dynsparse_dropped_total", reason="deadline") == 1
         assert live.metric("dynsparse_batch_size_count", size="0.40") == 0
         # predicted at about 600 ms (the batching wait), cut at 200: it says nothing about being late
-        assert live.metric("dynsparse_latency_margin_ms") == 0
+        assert live.metric("dynsparse_latency_margin_seconds") == 0
 
 
 def test_a_request_past_its_deadline_teaches_the_latency_margin(make_settings: Callable[..., Settings]) -> None:
@@ -76,7 +76,7 @@ def test_a_request_past_its_deadline_teaches_the_latency_margin(make_settings: C
         engine.run = lambda *args: (time.sleep(0.6), run(*args))[1]  # a device far slower than profiled
         r = api.post("/v1/classify", json={"inputs": ["w1"], "sparsity": 0.4})
         assert r.status_code == 504
-        assert live.metric("dynsparse_latency_margin_ms") >= 250  # predicted a few ms, cut at 300
+        assert live.metric("dynsparse_latency_margin_seconds") >= 0.25  # predicted a few ms, cut at 300
 
 
 def test_shutdown_finishes_in_flight_requests(make_settings: Callable[..., Settings]) -> None:

@@ -1,4 +1,4 @@
-"""Body size limit (413) on the real server, declared or streamed."""
+"""Body size limit (413) on the real server, declared or streamed; a body that is not JSON is a 415."""
 
 from collections.abc import Iterator
 
@@ -10,8 +10,8 @@ from service.settings import Settings
 def test_declared_large_body_is_413(api: httpx.Client) -> None:
     limit = Settings(checkpoint="c").max_body_bytes
     r = api.post("/v1/classify", content=b"x" * (limit + 1), headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json() == {
-        "error": f"request body is larger than {limit} bytes", "error_type": "payload_too_large"}  # fmt: skip
+    assert r.status_code == 413 and r.json() == {"error": f"request body is larger than {limit} bytes",
+        "error_type": "payload_too_large", "request_id": r.headers["x-request-id"]}  # fmt: skip
 
 
 def test_streamed_large_body_is_413(api: httpx.Client) -> None:
@@ -27,3 +27,13 @@ def test_streamed_large_body_is_413(api: httpx.Client) -> None:
 def test_body_under_the_limit_passes(api: httpx.Client) -> None:
     r = api.post("/v1/classify", json={"inputs": ["w1 w2 " * 40] * 64})  # 64 texts of 80 tokens: within limits
     assert r.status_code == 200 and len(r.json()["results"]) == 64
+
+
+def test_a_body_that_is_not_json_is_415(api: httpx.Client) -> None:
+    for path in ("/v1/classify", "/v1/embeddings", "/embed", "/v2/models/x/infer"):
+        r = api.post(path, content=b"inputs=a", headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 415 and r.json()["error_type"] == "unsupported_media_type", path
+    body = b'{"inputs": ["w1"]}'
+    assert api.post("/v1/classify", content=body, headers={"content-type": "text/plain"}).status_code == 415
+    ok = api.post("/v1/classify", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200

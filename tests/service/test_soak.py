@@ -23,6 +23,8 @@ from svc_live import Live, live_server
 import dynsparse
 from service.settings import Settings
 
+ERROR_KEYS = {"error", "error_type", "request_id"}  # every error body (request_id: X-Request-ID)
+
 MIXED, BURST, HANGUPS, SLOW_CHUNKS = 300, 120, 24, 12  # requests of each kind; the slow body takes 12 x 0.1 s
 SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9)
 WORDS = [f"w{i}" for i in range(100)]
@@ -77,7 +79,7 @@ class Ledger:
         if status == 200:
             self.latencies_ms.append(ms)
             self.answered.append((body, data))
-        elif CLEAN_ERRORS.get(status) != data.get("error_type") or set(data) != {"error", "error_type"}:
+        elif CLEAN_ERRORS.get(status) != data.get("error_type") or set(data) != ERROR_KEYS:
             self.bad.append(f"{status}: {data}")
         elif status in (429, 503) and not headers.get("retry-after", "").isdigit():
             self.bad.append(f"{status} without Retry-After")

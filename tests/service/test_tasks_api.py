@@ -19,12 +19,14 @@ import dynsparse
 from dynsparse.tasks.qa import best_span, encode_windows, span_probability
 from service.settings import Settings
 
+ERROR_KEYS = {"error", "error_type", "request_id"}  # every error body (request_id: X-Request-ID)
+
 SIZES = [0.0, 0.5, 0.9]
 
 
 def is_error(r: httpx.Response, status: int, error_type: str) -> bool:
     body = r.json()
-    return r.status_code == status and set(body) == {"error", "error_type"} and body["error_type"] == error_type
+    return r.status_code == status and set(body) == ERROR_KEYS and body["error_type"] == error_type
 
 
 @pytest.fixture(scope="module")
