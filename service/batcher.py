@@ -101,7 +101,7 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self.calibration = calibration or Calibration()
         self._queue: deque[Job] = deque()
-        self.lane = lane or IdleLane(limit=0)  # off unless given: see `submit_idle`
+        self.lane = lane if lane is not None else IdleLane(limit=0)  # off unless given: see `submit_idle`
         self._busy_until = 0.0  # predicted end of the running batch (monotonic seconds)
         self._wake = asyncio.Event()
         self._closing = False
