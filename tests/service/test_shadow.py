@@ -72,7 +72,9 @@ def test_dense_requests_are_not_shadowed_and_dense_agrees(make_settings: Callabl
     assert sizes["agreement_measure"] == "label"
 
 
-def test_embeddings_shadow_the_cosine(make_settings: Callable[..., Settings], reference: dynsparse.ElasticModel) -> None:
+def test_embeddings_shadow_the_cosine(
+    make_settings: Callable[..., Settings], reference: dynsparse.ElasticModel
+) -> None:
     with live_server(make_settings(shadow_fraction=1.0)) as live, live.client() as c:
         for text in TEXTS[:6]:
             assert c.post("/v1/embed", json={"inputs": [text], "sparsity": 0.75}).status_code == 200
