@@ -141,6 +141,7 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     from dynsparse.evaluate import default_levels, depth_grid, evaluate_levels, write_levels
     from dynsparse.recipe import level_info
     from dynsparse.tasks import make_task
+    from dynsparse.twin import add_agreement, twin_texts
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = dynsparse.load(path, device=device)
@@ -153,7 +154,8 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
                           text_pair_column=args.text_pair_column or cols_meta.get("pair"))  # fmt: skip
     task = make_task(model.task, model.meta["labels"])
     max_len = min(args.max_seq_length, model.shape.max_positions - 2)
-    ds = task.encode(raw, model.tokenizer, task.columns(raw, dargs), max_len, "data", train=False)
+    texts, labelled = twin_texts(raw, task, dargs)  # a file without labels: agreement with dense only
+    ds = task.encode(raw, model.tokenizer, task.columns(raw, dargs), max_len, "data", train=False) if labelled else None
     lo, hi = model.meta["sparsity_range"]
     levels = args.levels or [x for x in default_levels(hi) if x >= lo] or [lo]
     depths = args.depths or depth_grid(model)
@@ -162,11 +164,14 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     rows = evaluate_levels(model, task, ds, levels, args.latency_batch, args.latency_seq_len,
                            batch_size=args.batch_size, depths=depths,
                            per_language=args.ordering == "auto")  # fmt: skip
+    if args.agreement or not labelled:
+        add_agreement(rows, model, texts, args.batch_size, max_len)
+    metric = task.main_metric if labelled else "agreement"
     info = level_info(model, model.meta.get("base_model", path), device, args.latency_batch, args.latency_seq_len)
-    write_levels(rows, out, task.main_metric, {**info, "checkpoint": path, "data": args.validation_file})
+    write_levels(rows, out, metric, {**info, "checkpoint": path, "data": args.validation_file})
     ordering = model.meta.get("ordering") or {}
     label = f"{ordering.get('estimator', 'natural')}, {ordering.get('mode', 'once-for-all')}"
-    return rows, task.main_metric, label
+    return rows, metric, label
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -292,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--text_column")
     ev.add_argument("--text_pair_column")
     ev.add_argument("--label_column")
+    ev.add_argument("--agreement", action="store_true",
+                    help="also each level's agreement with dense (always on a file without labels)")  # fmt: skip
     ev.add_argument("--device")
     ev.set_defaults(run=_evaluate)
 

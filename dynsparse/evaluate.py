@@ -156,7 +156,7 @@ def _depth_rows(
 
 
 def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
-    cols = ["depth", "sparsity", *([metric] if metric else []), "f1", "params", "params_encoder", "flops",
+    cols = ["depth", "sparsity", *([metric] if metric else []), "f1", "agreement", "params", "params_encoder", "flops",
             "latency_ms", "speedup"]  # fmt: skip
     cols = [c for i, c in enumerate(cols) if c in rows[0] and c not in cols[:i]]
     if len({r.get("depth") for r in rows}) < 2:
@@ -221,10 +221,13 @@ def plot_levels(rows: list[dict[str, Any]], metric: str | None, path: Path, titl
         alpha = 1.0 - 0.6 * k / max(len(by_depth) - 1, 1)  # deeper: darker
         if metric and metric in part[0]:
             ax.plot(s, [r[metric] for r in part], "o-", color="tab:blue", alpha=alpha, label=metric + tag)
+        if metric != "agreement" and "agreement" in part[0]:  # the offline twin of the server's shadow agreement
+            ax.plot(s, [r["agreement"] for r in part], "^-", color="tab:green", alpha=alpha,
+                    label="agreement with dense" + tag)  # fmt: skip
         lat.plot(s, [r["latency_ms"] for r in part], "s--", color="tab:red", alpha=alpha, label="latency" + tag)
     if metric and metric in rows[0]:
         ax.set_ylabel(metric, color="tab:blue")
-    if len(by_depth) > 1:
+    if len(by_depth) > 1 or (metric != "agreement" and "agreement" in rows[0]):
         handles = ax.get_legend_handles_labels()[0] + lat.get_legend_handles_labels()[0]
         ax.legend(handles=handles, fontsize=7, loc="lower left")
     ax.set_xlabel("sparsity (fraction of prunable encoder parameters removed)")

@@ -24,6 +24,7 @@ from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from service.codec import Item, Task
 from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
+from service.lane import IdleLane
 from service.metrics import Metrics, size_label
 from service.planner import Calibration
 
@@ -63,6 +64,9 @@ class Job:
     inference_ms: float = 0.0
     tokens: int = 0  # its rows' tokens, when the runner reports them (`Engine.last_run`)
     tokenize_ms: float = 0.0  # its batch's tokenizer time (shared by the batch)
+    idle: bool = False  # low-priority work of the idle lane (a shadow re-run), not a client's request
+    keep_rows: bool = False  # keep each item's row outputs in `rows` (before decoding) for shadow agreement
+    rows: list[Any] | None = None
     future: "asyncio.Future[list[Any]]" = field(default_factory=_new_future)
 
     @property
@@ -89,6 +93,7 @@ class Batcher:
         degrade_at: float | None = None,
         metrics: Metrics | None = None,
         calibration: Calibration | None = None,
+        lane: IdleLane | None = None,
     ) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
@@ -98,6 +103,7 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self.calibration = calibration or Calibration()
         self._queue: deque[Job] = deque()
+        self.lane = lane if lane is not None else IdleLane(limit=0)  # off unless given: see `submit_idle`
         self._busy_until = 0.0  # predicted end of the running batch (monotonic seconds)
         self._wake = asyncio.Event()
         self._closing = False
@@ -113,6 +119,7 @@ class Batcher:
             self._closing = True
             self._wake.set()
             await task
+            self.lane.clear()
             self._executor.shutdown(wait=True)
 
     async def call(self, fn: Any, *args: Any) -> Any:
@@ -153,9 +160,21 @@ class Batcher:
         self.metrics.queue_depth.set(self.depth)
         self._wake.set()
 
+    def submit_idle(self, job: Job) -> bool:
+        """Queue low-priority `job` in the idle lane (run only when no real request waits); False when refused
+        (the lane is off, the server is closing or the queue is filling)."""
+        job.idle = True
+        if self._closing or self.degrading or not self.lane.offer(job):
+            return False
+        self._wake.set()
+        return True
+
     # -- the loop ----------------------------------------------------------------------------------
     async def _loop(self) -> None:
         while (head := await self._next_head()) is not None:
+            if head.idle:  # nothing real is queued: one small batch of idle work
+                await self._run(self.lane.take(head.key))
+                continue
             await self._fill(head)
             batch = self._take(head.key)
             if batch:
@@ -170,7 +189,15 @@ class Batcher:
             if self._closing:
                 return None
             self._wake.clear()
-            await self._wake.wait()
+            if self.lane.head() is None:
+                await self._wake.wait()
+                continue
+            try:  # idle work waits until the real queue has stayed empty for a moment
+                await asyncio.wait_for(self._wake.wait(), self.lane.idle_s)
+            except TimeoutError:
+                idle: Job | None = self.lane.head()
+                if not self._queue and idle is not None:
+                    return idle
 
     async def _fill(self, head: Job) -> None:
         """Let `head`'s group fill up until `batch_wait_ms` after `head` arrived (or until it is full)."""
@@ -225,12 +252,20 @@ class Batcher:
         start = time.monotonic()
         predicted_ms = backlog_ms(batch, self.max_batch_size)
         self._busy_until = start + self.calibration.inference.factor * predicted_ms / 1000
+        idle = batch[0].idle  # the served sizes' figures count client requests only
         for job in batch:
             job.started = start
-            self.metrics.queue_time.labels(size).observe(start - job.arrived)
+            if not idle:
+                self.metrics.queue_time.labels(size).observe(start - job.arrived)
         failed = False
+        kept: list[list[Any] | None] = [None] * len(batch)
         try:
-            results = await self.call(self.runner.run, task, structure, [j.items for j in batch], language)
+            groups = [j.items for j in batch]
+            if any(j.keep_rows for j in batch):
+                run_rows = self.runner.run_rows  # type: ignore[attr-defined]  # the engine's (`Engine.run_rows`)
+                results, kept = await self.call(run_rows, task, structure, groups, language)
+            else:
+                results = await self.call(self.runner.run, task, structure, groups, language)
         except Exception as e:  # e.g. CUDA out of memory: this batch fails, the server goes on
             log.exception("batch of %d requests failed", len(batch))
             results = [ServiceError(f"inference failed: {type(e).__name__}")] * len(batch)
@@ -240,12 +275,14 @@ class Batcher:
         elapsed = time.monotonic() - start
         if not failed:  # a failure's time says nothing about the device's speed
             self._calibrate(batch, elapsed * 1000, predicted_ms)
-        self.metrics.inference_time.labels(size).observe(elapsed)
-        self.metrics.batch_size.labels(size).observe(sum(len(j.items) for j in batch))
+        if not idle:
+            self.metrics.inference_time.labels(size).observe(elapsed)
+            self.metrics.batch_size.labels(size).observe(sum(len(j.items) for j in batch))
         stats = getattr(self.runner, "last_run", None)  # the engine's token counts (a test's fake has none)
         tokens = list(getattr(stats, "tokens", [])) if not failed else []
-        for k, (job, result) in enumerate(zip(batch, results, strict=True)):
+        for k, (job, result, rows) in enumerate(zip(batch, results, kept, strict=True)):
             job.inference_ms = elapsed * 1000
+            job.rows = rows
             if len(tokens) == len(batch):
                 job.tokens, job.tokenize_ms = tokens[k], float(getattr(stats, "tokenize_ms", 0.0))
             _settle(job, result)

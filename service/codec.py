@@ -182,14 +182,15 @@ class TokensCodec:
         return out
 
     def reduce(self, out: Tensor, mask: Tensor) -> list[Any]:
-        score, label = out.float().softmax(-1).max(-1)  # (B, T) each
+        logp = out.float().log_softmax(-1)  # (B, T, C); kept per row for shadow agreement (KL to dense)
+        score, label = logp.max(-1)  # (B, T) each
         lengths = mask.sum(1).tolist()
-        labels, scores = label.cpu().tolist(), score.cpu().tolist()
-        return [(labels[i][:n], scores[i][:n]) for i, n in enumerate(lengths)]
+        labels, scores, logp = label.cpu().tolist(), score.exp().cpu().tolist(), logp.cpu()
+        return [(labels[i][:n], scores[i][:n], logp[i, :n]) for i, n in enumerate(lengths)]
 
     def decode(self, item: Encoded, outputs: list[Any]) -> list[EntitySpan]:
         text, spans, firsts = item.extra
-        labels, scores = outputs[0]
+        labels, scores = outputs[0][:2]  # (the third: the tags' log-probabilities, for agreement)
         tagged = [w for w, t in enumerate(firsts) if t is not None]  # a word the tokenizer dropped has no tag
         tags = [self.labels[labels[firsts[w]]] for w in tagged]
         probs = [scores[firsts[w]] for w in tagged]

@@ -45,8 +45,10 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
     wait_ms, queued = rt.batcher.wait_estimate_ms(), rt.batcher.queued_keys()
     joinable = _joinable(rt, queued, task, depth, language) if choice.budget_ms is not None else frozenset()
     # an operator's default budget is planned at full depth: with a depth, an upper bound of the latency
-    sparsity, degraded = _size_for(rt, choice, rows, seq_len, wait_ms, joinable)
+    sparsity, degraded, reason = _size_for(rt, choice, rows, seq_len, wait_ms, joinable)
     structure = rt.engine.structure(sparsity, depth, language)
+    full = layers_kept(structure) == rt.engine.layers
+    shadowed = rt.shadow is not None and rt.shadow.wants(sparsity, full, language)
     job = Job(
         task,
         body.inputs,
@@ -59,6 +61,7 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         arrived=arrived,
     )
     job.expected_ms = rt.planner.expected_ms(sparsity, wait_ms, rows, seq_len, job.key in queued)
+    job.keep_rows = shadowed and task == "tokens"  # tags are compared as distributions: keep them
     rt.batcher.submit(job)
     try:
         outputs = await _wait(rt, job, request)
@@ -71,6 +74,13 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
     rt.batcher.observe_latency(job, latency_ms)
     met = None if choice.budget_ms is None else latency_ms <= choice.budget_ms
     _record(rt, request, sparsity, latency_ms, degraded, met)
+    if rt.slo is not None:
+        if met is not None:
+            rt.slo.record(sparsity, met)
+        if reason in ("budget", "overload", "floor") and (reason != "budget" or sparsity > rt.policy.low):
+            rt.slo.decided(reason)
+    if shadowed and rt.shadow is not None:  # the dense re-run waits in the idle lane: never ahead of real work
+        rt.shadow.follow(task, job, outputs, seq_len)
     served = {
         "sparsity": sparsity,
         "size": choice.name,
@@ -79,6 +89,7 @@ async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest
         "inference_ms": round(job.inference_ms, 3),
         "budget_met": met,
         "degraded": degraded,
+        "size_reason": reason,
         "depth": layers_kept(structure),
         "language": language,
     }
@@ -134,18 +145,28 @@ def _joinable(
 
 def _size_for(
     rt: Runtime, choice: Choice, n_inputs: int, seq_len: int, wait_ms: float, joinable: frozenset[float]
-) -> tuple[float, bool]:
-    """(sparsity, degraded): the choice, a budget's plan (behind `wait_ms`, joining a queued batch of a size in
-    `joinable` if it picks one), or under load the smallest size."""
+) -> tuple[float, bool, str]:
+    """(sparsity, degraded, reason): the choice, a budget's plan (behind `wait_ms`, joining a queued batch of a size
+    in `joinable` if it picks one), or under load the smallest size; the agreement floor (`service.floor`) keeps
+    budgets and overload off sizes below it. reason: requested, default, budget, floor or overload."""
+    cands = rt.policy.candidates()
+    allowed = rt.floor.allowed(cands) if rt.floor is not None else cands
     if choice.budget_ms is not None:
-        cands = rt.policy.candidates()
-        sparsity = rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, cands, joinable).sparsity
+        plan = rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, allowed, joinable)
+        sparsity, reason = plan.sparsity, "budget"
+        if len(allowed) < len(cands) and sparsity < rt.planner.pick(
+            choice.budget_ms, wait_ms, n_inputs, seq_len, cands, joinable).sparsity - 1e-9:  # fmt: skip
+            reason = "floor"  # the budget alone would have gone smaller
     else:
         sparsity = rt.policy.low if choice.sparsity is None else choice.sparsity
-    smallest = rt.policy.smallest
+        reason = "default" if choice is rt.policy.default else "requested"
+        if choice.name is not None and rt.floor is not None:
+            floored = rt.floor.for_name(choice.name, sparsity, cands)
+            sparsity, reason = (floored, "floor") if floored != sparsity else (sparsity, reason)
+    smallest = max(allowed)
     if rt.batcher.degrading and not choice.exact and sparsity < smallest:
-        return smallest, True  # an exact sparsity is a contract; sizes by name, budget or default may shrink
-    return sparsity, False
+        return smallest, True, "overload"  # an exact sparsity is a contract; sizes by name, budget or default shrink
+    return sparsity, False, reason
 
 
 async def _wait(rt: Runtime, job: Job, request: Request) -> list[Any]:

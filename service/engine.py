@@ -184,6 +184,14 @@ class Engine:
         `EntitySpan`s, answer `AnswerSpan`s), or the `InputError` that rejects that group alone (a text over the
         token limit): one bad request never fails others.
         """
+        return self.run_rows(task, structure, groups, language)[0]
+
+    @torch.inference_mode()
+    def run_rows(
+        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None = None
+    ) -> tuple[list[list[Any] | InputError], list[list[Any] | None]]:
+        """`run`, and per group each item's row outputs before decoding (the codec's `reduce`; None for a rejected
+        group): what shadow agreement compares with the dense size's (token tags need their distributions)."""
         codec = self._codecs[task]
         began = time.perf_counter()
         encoded = codec.encode([item for group in groups for item in group])
@@ -201,12 +209,18 @@ class Engine:
             if error is None:
                 accepted.extend(e for e in mine if isinstance(e, Encoded))
         outputs = iter(self._forward(codec, structure, language, [row for e in accepted for row in e.rows]))
-        decoded = iter([codec.decode(e, [next(outputs) for _ in e.rows]) for e in accepted])
+        item_rows = [[next(outputs) for _ in e.rows] for e in accepted]
+        decoded = iter([codec.decode(e, r) for e, r in zip(accepted, item_rows, strict=True)])
+        rows = iter(item_rows)
+        kept: list[list[Any] | None] = []
         for out, group in zip(results, groups, strict=True):
-            if not isinstance(out, InputError):
-                out.extend(next(decoded) for _ in group)
+            if isinstance(out, InputError):
+                kept.append(None)
+                continue
+            out.extend(next(decoded) for _ in group)
+            kept.append([next(rows) for _ in group])
         self.last_run = RunStats(tokens, tokenize_ms)
-        return results
+        return results, kept
 
     def _reject(self, encoded: Sequence[Encoded | InputError]) -> InputError | None:
         """Why one request cannot run: an input the codec refused, one over the token limit, too many windows."""

@@ -9,6 +9,7 @@ from service.codec import AnswerSpan, EntitySpan
 from service.deps import RuntimeDep, require_api_key, serving
 from service.dispatch import Outcome, dispatch
 from service.protocols.common import timing_headers
+from service.quality import live_sizes
 from service.schemas import (
     Answer,
     AnswerRequest,
@@ -190,5 +191,7 @@ def _answer(a: AnswerSpan) -> Answer:
 @router.get("/sizes", summary="The sizes this server serves")
 async def sizes(rt: RuntimeDep) -> SizesResponse:
     """Per level: sparsity, parameters, FLOPs, the checkpoint's metrics, latency measured on this server (all at
-    full depth); the model's layers, its depth order and the languages with their own ordering."""
-    return rt.sizes
+    full depth); the model's layers, its depth order and the languages with their own ordering; per level its
+    agreement with the dense size measured live (shadow re-runs, with their sample counts) beside the offline
+    estimate, and the figure the agreement floor uses."""
+    return live_sizes(rt)

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -22,11 +22,15 @@ from dynsparse.cost import level_costs
 from dynsparse.heads import head_params
 from service.batcher import Batcher
 from service.engine import Engine, default_batch_wait_ms
+from service.floor import Floor
+from service.lane import IdleLane
 from service.metrics import Metrics
 from service.planner import Calibration, LatencyProfile, Planner, TailResidual, load_profile, save_profile
 from service.schemas import Level, Measurement, SizesResponse
 from service.settings import Settings
+from service.shadow import AgreementBook, Shadow
 from service.sizes import SizePolicy
+from service.slo import Slo
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,9 @@ class Runtime:
     metrics: Metrics
     sizes: SizesResponse
     ready: bool = True
+    shadow: Shadow | None = field(default=None)  # quality on live traffic (`service.shadow`, `floor`, `slo`)
+    floor: Floor | None = field(default=None)
+    slo: Slo | None = field(default=None)
 
 
 @asynccontextmanager
@@ -58,6 +65,7 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
         settings.degrade_at,
         metrics,
         Calibration(latency=TailResidual(quantile=settings.budget_quantile)),
+        IdleLane(settings.shadow_queue_limit, settings.shadow_inputs) if settings.shadow_fraction > 0 else None,
     )
     async with batcher.running():
         profile = await batcher.call(_profile, engine, policy, settings)
@@ -65,6 +73,7 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
         planner = Planner(profile.monotone(), settings.max_batch_size, engine.max_tokens, batcher.calibration)
         table = size_table(engine, policy, planner.profile, raw=profile)
         runtime = Runtime(settings, engine, policy, planner, batcher, metrics, table)
+        _add_quality(runtime)
         log.info(
             "serving %s on %s: sparsity %s..%s, sizes %s",
             settings.checkpoint,
@@ -78,6 +87,19 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
                 yield runtime
             finally:
                 runtime.ready = False  # draining: new requests get 503, queued ones still run
+
+
+def _add_quality(rt: Runtime) -> None:
+    """Shadow agreement, the agreement floor and SLO goodput, their metrics in the app's registry."""
+    s, meta = rt.settings, rt.engine.model.meta
+    book = AgreementBook(rt.metrics.registry)
+    rt.shadow = Shadow(s.shadow_fraction, s.shadow_inputs, book, rt.batcher, rt.engine.structure, rt.planner.cost_ms,
+                       timeout_s=s.request_timeout_s)  # fmt: skip
+    levels = [r for r in meta.get("levels", []) if isinstance(r, dict)]
+    stored = {round(float(r["sparsity"]), 6): r for r in levels if "sparsity" in r}
+    rt.floor = Floor.build(rt.engine.endpoint, book, rt.policy, levels, _metric(meta, stored), s.min_agreement,
+                           s.min_agreement_sizes, s.agreement_min_samples)  # fmt: skip
+    rt.slo = Slo(rt.metrics.registry, s.slo_window_s)
 
 
 _frozen = 0  # servers of this process inside `frozen_heap` (the collector's freeze is process-wide)

@@ -4,7 +4,7 @@ per request, characters per text) are checked in `dispatch.py`; these models hol
 Every request's `inputs` arrive at the engine as plain strings and tuples (`codec.Item`): a text, a text pair,
 a word list, or a (question, context) pair."""
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, model_validator
 
@@ -164,6 +164,12 @@ class Served(BaseModel):
     inference_ms: float = Field(description="the batch this request ran in (tokenize + forward)")
     budget_met: bool | None = Field(None, description="with latency_budget_ms: whether latency_ms fit it")
     degraded: bool = Field(False, description="served smaller than asked because the server was busy")
+    size_reason: Literal["requested", "default", "budget", "floor", "overload"] | None = Field(
+        None,
+        description="what decided the size: the request's sparsity or size, the operator's default, the latency "
+        "budget, the agreement floor (min_agreement: the budget alone would have gone smaller, or a named size ran "
+        "denser), or overload (see degraded)",
+    )
     depth: int = Field(description="the number of layers that ran")
     language: str | None = Field(description="the language whose ordering served it; null: the shared ordering")
 
@@ -307,6 +313,12 @@ class SizesResponse(BaseModel):
         "smallest depth trained); null for a checkpoint trained without one (depth then drops odd layers first)"
     )
     languages: list[str] = Field(description="languages with their own ordering; empty: one shared ordering")
+    agreement_measure: str | None = Field(
+        default=None,
+        description="what a level's agreement columns measure against the dense size on this server's traffic "
+        "(shadow re-runs): label, top1 (tags), span (answers) or cosine (embeddings); see the README",
+    )
+    min_agreement: float | None = Field(default=None, description="the operator's agreement floor for budgets")
 
 
 class Health(BaseModel):

@@ -57,6 +57,23 @@ class Settings(BaseSettings):
         0.99, ge=0.5, lt=1, description="share of latency budgets to plan for (the quantile of recent mispredictions)"
     )
 
+    # -- quality: shadow agreement with the dense size, a floor for budgets and overload, SLO goodput
+    shadow_fraction: float = Field(
+        0.02, ge=0, le=1, description="share of requests served below dense re-run at dense when idle; 0: off"
+    )
+    shadow_inputs: int = Field(4, ge=1, le=64, description="inputs of a request compared (its first), and per batch")
+    shadow_queue_limit: int = Field(64, ge=1, description="shadow re-runs waiting for an idle moment (oldest dropped)")
+    min_agreement: float | None = Field(
+        None, ge=0, le=1, description="budgets and overload never pick a size whose agreement with dense is below it"
+    )
+    min_agreement_sizes: dict[str, float] | None = Field(
+        None, description="per named size: a request for it runs denser while its agreement is below this"
+    )
+    agreement_min_samples: int = Field(
+        50, ge=1, description="shadow samples before a size's measured agreement replaces its offline estimate"
+    )
+    slo_window_s: float = Field(60.0, gt=0, description="window of the goodput rates shown on the console")
+
     # -- batching and overload
     max_batch_size: int = Field(32, ge=1, le=4096, description="inputs per forward pass")
     batch_wait_ms: float | None = Field(
@@ -93,6 +110,14 @@ class Settings(BaseSettings):
         for name, s in (v or {}).items():
             if not name.strip() or not 0.0 <= s < 1.0 or not math.isfinite(s):
                 raise ValueError(f"a named size needs a name and a sparsity in [0, 1), got {name!r}: {s}")
+        return v
+
+    @field_validator("min_agreement_sizes")
+    @classmethod
+    def _check_floors(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for name, floor in (v or {}).items():
+            if not 0.0 <= floor <= 1.0:
+                raise ValueError(f"an agreement floor is in [0, 1], got {name!r}: {floor}")
         return v
 
     @field_validator("levels")

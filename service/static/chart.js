@@ -5,6 +5,7 @@ import { el, fmtCount, fmtMetric, fmtMs, isFraction, svg } from "./dom.js";
 const W = 720;
 const H = 380;
 const M = { left: 58, right: 62, top: 34, bottom: 50 };
+const marks = {}; // the markers drawn so far, put back when the chart is redrawn with live agreement
 const KNOWN = new Set(["sparsity", "names", "params", "params_encoder", "params_embeddings", "flops", "latency_ms"]);
 
 /** Tick values covering [lo, hi] with about `n` steps of 1, 2 or 5 x 10^k: {lo, hi, step, ticks}. */
@@ -37,7 +38,11 @@ export function metricColumns(levels) {
  */
 export function drawChart(host, tooltip, sizes) {
   const levels = [...sizes.levels].sort((a, b) => a.sparsity - b.sparsity);
-  const metric = sizes.metric && levels.some((l) => typeof l[sizes.metric] === "number") ? sizes.metric : null;
+  // the second quality curve: agreement with dense measured live on this server's traffic (shadow re-runs)
+  const agree = agreementKey(sizes);
+  const agreed = agree ? levels.filter((l) => typeof l[agree] === "number" && l.shadow_samples > 0) : [];
+  const offline = sizes.metric && levels.some((l) => typeof l[sizes.metric] === "number") ? sizes.metric : null;
+  const metric = offline ?? (agreed.length ? agree : null);
   const xs = levels.map((l) => l.sparsity);
   const span = Math.max(...xs) - Math.min(...xs) || 0.1;
   const x = linear(Math.min(...xs) - span * 0.04, Math.max(...xs) + span * 0.04, M.left, W - M.right);
@@ -46,7 +51,7 @@ export function drawChart(host, tooltip, sizes) {
   let met = null;
   let yMet = null;
   if (metric) {
-    const vals = levels.map((l) => l[metric]).filter((v) => typeof v === "number");
+    const vals = [...levels.map((l) => l[metric]), ...agreed.map((l) => l[agree])].filter((v) => typeof v === "number");
     const pad = Math.max((Math.max(...vals) - Math.min(...vals)) * 0.15, isFraction(vals) ? 0.02 : 0.5);
     met = niceScale(Math.min(...vals) - pad, Math.max(...vals) + pad, 5);
     if (isFraction(vals)) met = niceScale(Math.max(0, met.lo), Math.min(1, met.hi), 5);
@@ -91,6 +96,11 @@ export function drawChart(host, tooltip, sizes) {
     root.append(svg("path", { d: path(yMet, metric), class: "line metric" }));
   }
   root.append(svg("path", { d: path(yLat, "latency_ms"), class: "line latency" }));
+  if (met && metric !== agree && agreed.length) {
+    const d = agreed.map((l, i) => `${i ? "L" : "M"}${x(l.sparsity).toFixed(1)},${yMet(l[agree]).toFixed(1)}`).join("");
+    root.append(svg("path", { d, class: "line agreement" }));
+    for (const l of agreed) root.append(svg("circle", { cx: x(l.sparsity), cy: yMet(l[agree]), r: 3.5, class: "pt agreement" }));
+  }
   for (const [name, s] of Object.entries(sizes.sizes ?? {})) {
     const cx = x(s);
     root.append(svg("g", { class: "named" },
@@ -116,8 +126,10 @@ export function drawChart(host, tooltip, sizes) {
   }
   host.querySelector("svg.plot")?.remove();
   host.prepend(root);
+  for (const [kind, s] of Object.entries(marks)) mark(kind, s);
 
   function mark(kind, s) {
+    marks[kind] = s;
     markers.querySelector(`.marker.${kind}`)?.remove();
     if (s == null) return;
     const cx = x(s);
@@ -133,6 +145,11 @@ export function drawChart(host, tooltip, sizes) {
     markers.querySelector(".marker.selected text")?.classList.toggle("hidden", Boolean(same)); // one label is enough
   }
   return { mark };
+}
+
+/** The level column of the live agreement (e.g. shadow_label), or null when the server measures none. */
+export function agreementKey(sizes) {
+  return sizes.agreement_measure ? `shadow_${sizes.agreement_measure}` : null;
 }
 
 function rotated(xPos, text, cls) {

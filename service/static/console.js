@@ -1,6 +1,6 @@
 // The operator console: wires the level chart, the try-it box, the live metrics and the API key together.
 
-import { drawChart } from "./chart.js";
+import { agreementKey, drawChart } from "./chart.js";
 import { el, fmtCount, fmtMs, show } from "./dom.js";
 import { pollMetrics, startLive } from "./live.js";
 
@@ -148,6 +148,10 @@ function nameOf(d) {
 function renderLegend(s) {
   const items = [];
   if (s.metric) items.push(el("span", { class: "key metric" }, s.metric));
+  const agree = agreementKey(s);
+  if (agree && s.levels.some((l) => l.shadow_samples > 0)) {
+    items.push(el("span", { class: "key agreement" }, `agreement with dense (${s.agreement_measure}, live)`));
+  }
   items.push(el("span", { class: "key latency" }, "latency"));
   $("legend").replaceChildren(...items);
 }
@@ -363,6 +367,23 @@ function main() {
   });
   loadSizes();
   startLive(REFRESH_MS);
+  setInterval(refreshAgreement, 5 * REFRESH_MS);
+}
+
+/** Redraw the chart when the live agreement has new samples (GET /v1/sizes; the markers stay). */
+async function refreshAgreement() {
+  if (!state.sizes || document.hidden) return;
+  let s;
+  try {
+    s = await api("v1/sizes");
+  } catch {
+    return; // the live panel reports an unreachable server
+  }
+  const samples = (x) => x.levels.map((l) => l.shadow_samples ?? 0).join(",");
+  if (samples(s) === samples(state.sizes)) return;
+  state.sizes = s;
+  state.chart = drawChart($("chart"), $("tooltip"), s);
+  renderLegend(s);
 }
 
 main();

@@ -37,6 +37,7 @@ export async function pollMetrics() {
   $("m-total").textContent = String(requests);
   $("m-errors").textContent = String(total(samples, "dynsparse_errors_total"));
   $("m-degraded").textContent = String(total(samples, "dynsparse_degraded_total"));
+  renderGoodput(samples);
   drawSpark();
   renderSizeRows(samples);
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -48,6 +49,7 @@ function renderSizeRows(samples) {
   const counts = sumBy(samples, "dynsparse_requests_total", "size");
   const bSum = sumBy(samples, "dynsparse_batch_size_sum", "size");
   const bCount = sumBy(samples, "dynsparse_batch_size_count", "size");
+  const met = sumBy(samples, "dynsparse_budget_met_ratio", "size");
   const ms = (b, q) => (b ? fmtMs(quantile(b, q) === null ? null : quantile(b, q) * 1000) : "–");
   const sizes = [...counts.keys()].filter((k) => k !== "none" && counts.get(k) > 0).sort((a, b) => parseFloat(a) - parseFloat(b));
   const rows = sizes.map((k) =>
@@ -57,9 +59,30 @@ function renderSizeRows(samples) {
       el("td", { class: "p50" }, ms(latency.get(k), 0.5)),
       el("td", { class: "p99" }, ms(latency.get(k), 0.99)),
       el("td", {}, ms(queue.get(k), 0.5)),
-      el("td", {}, bCount.get(k) ? (bSum.get(k) / bCount.get(k)).toFixed(1) : "–")));
+      el("td", {}, bCount.get(k) ? (bSum.get(k) / bCount.get(k)).toFixed(1) : "–"),
+      el("td", { class: "met" }, share(met.get(k))),
+      el("td", { class: "agreement" }, agreement(samples, k))));
   const body = $("m-sizes").tBodies[0];
-  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 6 }, "no requests yet"))]));
+  body.replaceChildren(...(rows.length ? rows : [el("tr", { class: "empty" }, el("td", { colspan: 8 }, "no requests yet"))]));
+}
+
+const share = (v) => (v === undefined ? "–" : `${(100 * v).toFixed(1)}%`);
+
+/** Goodput over the server's window (met budgets per second, share met) and what made sizes smaller. */
+function renderGoodput(samples) {
+  const rate = sumBy(samples, "dynsparse_goodput_per_second", "size").get("all");
+  $("m-goodput").textContent = rate === undefined ? "–" : rate.toFixed(rate < 10 ? 2 : 1);
+  $("m-met").textContent = share(sumBy(samples, "dynsparse_budget_met_ratio", "size").get("all"));
+  const why = sumBy(samples, "dynsparse_size_decisions_total", "reason");
+  $("m-decisions").textContent = ["budget", "overload", "floor"].map((r) => String(why.get(r) ?? 0)).join(" · ");
+}
+
+/** The shadow agreement at size `k` (every task and measure but KL, e.g. "label 0.97"), with its samples. */
+function agreement(samples, k) {
+  const found = samples.filter((s) => s.name === "dynsparse_shadow_agreement" && s.labels.size === k && s.labels.measure !== "kl");
+  if (!found.length) return "–";
+  const n = sumBy(samples.filter((s) => s.labels.size === k), "dynsparse_shadow_samples_total").get("") ?? 0;
+  return `${found.map((s) => `${s.labels.measure} ${s.value.toFixed(3)}`).join(", ")} (n=${n})`;
 }
 
 function drawSpark() {

@@ -1,0 +1,123 @@
+"""Shadow agreement under load: the real server on 127.0.0.1 with shadowing off and on, mixed sizes from real
+clients; client-side latency percentiles side by side, and the agreement curve it measured against the offline one.
+
+Runs alternate (off, on, off, on at each client count) so a loaded machine disturbs both alike. The "on" runs
+shadow every request served below dense (`shadow_fraction` 1.0: the worst case; the default is 0.02).
+
+    python bench/shadow_load.py --model runs/default --out bench/results/shadow_load [--quick]
+
+Without --model, the embedded MiniLM wrapped as a classifier (natural ordering, an untrained head): its labels
+mean nothing, but what each size costs against dense is measured all the same.
+
+summary.p50_ratio_on_off / p99_ratio_on_off: client p50 / p99 with shadowing on over off (medians of the runs).
+summary.shadow_compared: shadow re-runs compared; summary.agreement: per size, measured agreement and samples.
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import base_parser, device_name, plt, write_result  # noqa: E402
+from serve_load import run_load, start_server  # noqa: E402
+
+
+def _checkpoint(spec: str | None, tmp: Path) -> str:
+    if spec:
+        return spec
+    import dynsparse
+    from dynsparse.assets.default import default_model_path
+
+    dynsparse.from_pretrained(default_model_path(), labels=["negative", "positive"]).save(str(tmp / "minilm"))
+    return str(tmp / "minilm")
+
+
+def _serve(ckpt: str, device: str, fraction: float) -> tuple[Any, str]:
+    os.environ["DYNSPARSE_SHADOW_FRACTION"] = str(fraction)  # start_server passes the environment on
+    return start_server(ckpt, device, 32)
+
+
+def _sizes(url: str) -> dict[str, Any]:
+    return httpx.get(url + "/v1/sizes", timeout=30).json()
+
+
+def main() -> None:
+    args = base_parser(__doc__.splitlines()[0]).parse_args()
+    device = device_name(args.device)
+    total, seconds = (150, 20.0) if args.quick else (600, 60.0)
+    clients = [1, 8] if args.quick else [1, 8, 32]
+    rows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = _checkpoint(args.model, Path(tmp))
+        servers = {mode: _serve(ckpt, args.device, f) for mode, f in (("off", 0.0), ("on", 1.0))}
+        try:
+            for c in clients:
+                for _ in range(2):  # alternate: load on the machine hits both modes alike
+                    for mode in ("off", "on"):
+                        rows[mode].append({**run_load(servers[mode][1], c, total, seconds), "mode": mode})
+            sizes = _sizes(servers["on"][1])
+            compared = _metric(servers["on"][1], 'dynsparse_shadow_jobs_total{outcome="compared"}')
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(30)
+    summary = _summary(rows, clients, sizes, compared)
+    out = Path(args.out)
+    write_result(out, "shadow_load", {"device": device, "rows": rows, "summary": summary, "levels": sizes["levels"]})
+    _plot(rows, clients, sizes, out / "shadow_load.png")
+    print(summary)
+
+
+def _metric(url: str, line_start: str) -> float:
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _summary(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict[str, Any],
+             compared: float) -> dict[str, Any]:  # fmt: skip
+    out: dict[str, Any] = {"shadow_compared": compared, "agreement_measure": sizes.get("agreement_measure")}
+    for c in clients:
+        for q in ("p50_ms", "p99_ms"):
+            on = statistics.median(r[q] for r in rows["on"] if r["clients"] == c and r[q] is not None)
+            off = statistics.median(r[q] for r in rows["off"] if r["clients"] == c and r[q] is not None)
+            out[f"{q.removesuffix('_ms')}_ratio_on_off_{c}"] = round(on / off, 3)
+    key = f"shadow_{sizes.get('agreement_measure')}"
+    out["agreement"] = {str(lv["sparsity"]): {"shadow": lv.get(key), "samples": lv.get("shadow_samples"),
+                                              "offline": lv.get("agreement_offline"), sizes.get("metric") or "metric":
+                                              lv.get(sizes.get("metric") or "")} for lv in sizes["levels"]}  # fmt: skip
+    return out
+
+
+def _plot(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict[str, Any], path: Path) -> None:
+    pyplot = plt()
+    fig, (ax, bx) = pyplot.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    width = 0.38
+    for k, mode in enumerate(("off", "on")):
+        for j, q in enumerate(("p50_ms", "p99_ms")):
+            vals = [statistics.median(r[q] for r in rows[mode] if r["clients"] == c) for c in clients]
+            xs = [i * 2 + j + (k - 0.5) * width for i in range(len(clients))]
+            ax.bar(xs, vals, width, label=f"{q[:3]} shadow {mode}", alpha=1.0 if mode == "on" else 0.5,
+                   color="tab:blue" if j == 0 else "tab:red")  # fmt: skip
+    ax.set_xticks([i * 2 + 0.5 for i in range(len(clients))], [f"{c} clients" for c in clients])
+    ax.set_ylabel("client latency (ms)")
+    ax.legend(fontsize=7)
+    key = f"shadow_{sizes.get('agreement_measure')}"
+    levels = sizes["levels"]
+    shadow = [lv for lv in levels if isinstance(lv.get(key), float | int)]
+    bx.plot([lv["sparsity"] for lv in shadow], [lv[key] for lv in shadow], "o-", color="tab:green",
+            label=f"agreement with dense ({sizes.get('agreement_measure')}, shadow)")  # fmt: skip
+    offline = [lv for lv in levels if lv.get("agreement_offline") is not None]
+    bx.plot([lv["sparsity"] for lv in offline], [lv["agreement_offline"] for lv in offline], "s--", color="tab:blue",
+            label=f"offline {sizes.get('metric')} relative to dense")  # fmt: skip
+    bx.set_xlabel("sparsity")
+    bx.legend(fontsize=7)
+    bx.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
