@@ -10,7 +10,16 @@ An export is a directory:
 
 Both formats take int64 `input_ids` and `attention_mask` (plus `token_type_ids` where the model has
 segment embeddings and its tokenizer returns them), each (batch, sequence) with any batch size and
-sequence length, and return `logits` (batch, labels): the tokenizer's outputs in, the logits out.
+sequence length, and return the task's outputs under transformers' (and optimum's) names:
+
+    text-classification     logits (B, labels)
+    token-classification    logits (B, T, labels)
+    question-answering      start_logits (B, T), end_logits (B, T)
+    feature-extraction      embeddings (B, H): the mask-aware mean, L2-normalised as /v1/embed returns;
+                            last_hidden_state (B, T, H)
+
+An ONNX export also holds `config.json` (see `dynsparse.export_hf`), so that optimum's
+`ORTModelFor<Task>.from_pretrained(DIR)` loads the directory as it is.
 """
 
 import contextlib
@@ -26,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynsparse.errors import InputError
@@ -44,13 +54,19 @@ _HEAD_PARAMS = ("q_weight", "q_bias", "k_weight", "k_bias", "v_weight", "v_bias"
 _NEURON_PARAMS = ("ffn_in_weight", "ffn_in_bias", "ffn_out_weight_t")
 _ONNX_PROTOBUF_LIMIT = 1_800_000_000  # bytes; protobuf caps a file at 2 GiB, leave room for the graph
 _NOISY_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")  # thousands of DEBUG/INFO lines per export
+OUTPUTS: dict[str, tuple[str, ...]] = {  # per task, the names transformers' outputs and optimum use
+    "text-classification": ("logits",),
+    "token-classification": ("logits",),
+    "question-answering": ("start_logits", "end_logits"),
+    "feature-extraction": ("embeddings", "last_hidden_state"),
+}
 
 
 class FixedSizeModel(nn.Module):
     """One size of an `ElasticModel` as a plain module whose weights hold only the kept units.
 
-    `forward(input_ids, attention_mask, token_type_ids=None)` returns the logits (B, num_labels),
-    equal to `model(..., sparsity=s).logits`. Built by `fixed_size`.
+    `forward(input_ids, attention_mask, token_type_ids=None)` returns the task's outputs (`OUTPUTS`), equal to
+    `model(..., sparsity=s)`'s. Built by `fixed_size`.
     """
 
     def __init__(self, model: ElasticModel, structure: Structure, language: str | None = None) -> None:
@@ -65,16 +81,25 @@ class FixedSizeModel(nn.Module):
             for layer, (heads, neurons), r in zip(layers, structure, rows, strict=True) if (heads, neurons) != (0, 0)
         )  # fmt: skip
         self.head = copy.deepcopy(model.head)
+        self.task = model.task
+        self.output_names = list(OUTPUTS[model.task])
         self.input_names = ["input_ids", "attention_mask"]
         if self.embeddings.token_type is not None and _tokenizer_gives_types(model.tokenizer):
             self.input_names.append("token_type_ids")  # else zeros, as in `ElasticModel` without them
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         for layer, (heads, neurons) in zip(self.layers, self.structure, strict=True):
             x = layer(x, mask, heads, neurons)  # slices are the whole (already small) weights
-        return self.head(x)  # (B, C)
+        out = self.head(x, attention_mask)  # the mean pooling skips padding: it needs the mask
+        if self.task == "feature-extraction":
+            return F.normalize(out, dim=-1), x  # (B, H) as /v1/embed returns, (B, T, H)
+        if self.task == "question-answering":
+            return out[..., 0].contiguous(), out[..., 1].contiguous()  # (B, T) each, transformers' split
+        return out  # (B, C) or (B, T, C)
 
 
 def fixed_size(
@@ -201,7 +226,7 @@ def _save_onnx(fixed: FixedSizeModel, file: Path, description: dict[str, str]) -
     axes = {0: "batch", 1: "sequence"}
     with _quiet_exporter():
         program = torch.onnx.export(
-            fixed, _example_inputs(fixed), input_names=fixed.input_names, output_names=["logits"],
+            fixed, _example_inputs(fixed), input_names=fixed.input_names, output_names=fixed.output_names,
             opset_version=OPSET, dynamo=True, dynamic_shapes=dict.fromkeys(fixed.input_names, axes),
             verbose=False,
         )  # fmt: skip
@@ -262,7 +287,7 @@ def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, f
         "labels": _labels(model),
         "task": model.meta.get("task", "text-classification"),
         "inputs": fixed.input_names,
-        "outputs": ["logits"],
+        "outputs": fixed.output_names,
         "max_length": max_length,
         "opset": OPSET if fmt == "onnx" else None,
         "family": model.family.name,
