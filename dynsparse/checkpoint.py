@@ -120,7 +120,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
     _check_state(root / WEIGHTS, model, state)
     model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the parameters
     model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())  # drop cached structures
-    model.tokenizer = _load_tokenizer(root)
+    model.tokenizer = _load_tokenizer(root, model.hf_config)
     return model.to(device or "cpu").eval()
 
 
@@ -296,10 +296,10 @@ def _check_state(path: Path, model: ElasticModel, state: dict[str, torch.Tensor]
         raise CheckpointError(f"{path}: embeddings.vocab_map points outside the {rows} kept tokens")
 
 
-def _load_tokenizer(root: Path) -> Any:
+def _load_tokenizer(root: Path, config: Any) -> Any:
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(root)
+    try:  # the base config given: AutoTokenizer would read config.json, whose code it must not run
+        return AutoTokenizer.from_pretrained(root, config=config)
     except Exception as e:  # transformers raises many kinds on hostile files (RecursionError, AttributeError, ...)
         raise CheckpointError(f"{root}: tokenizer files missing or unreadable ({str(e)[:300]})") from None

@@ -3,7 +3,8 @@
 An export is a directory:
 
     model.onnx | model.pt    the network at one sparsity, holding only the kept units' weights
-                             (ONNX, opset 18; or TorchScript, loaded by `torch.jit.load` or libtorch)
+                             (ONNX, opset 18; or TorchScript, loaded by `torch.jit.load` or libtorch;
+                             or model.safetensors + config.json: a transformers model, `dynsparse.export_hf`)
     model.onnx.data          ONNX weights, only when they pass protobuf's 2 GiB limit
     dynsparse_export.json    format, file, sparsity, per-layer structure, labels, input/output names
     tokenizer files          whatever the tokenizer's `save_pretrained` writes
@@ -42,9 +43,9 @@ from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_sparsity, take_rows
 
-ExportFormat = Literal["onnx", "torch"]
-FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch")
-FILES: dict[ExportFormat, str] = {"onnx": "model.onnx", "torch": "model.pt"}
+ExportFormat = Literal["onnx", "torch", "transformers"]
+FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch", "transformers")
+FILES: dict[ExportFormat, str] = {"onnx": "model.onnx", "torch": "model.pt", "transformers": "model.safetensors"}
 META = "dynsparse_export.json"
 OPSET = 18
 EXTRA = "pip install 'dynsparse[export]'"
@@ -155,7 +156,7 @@ def export(
         model: the elastic model (any device and dtype; the export is float32 on CPU).
         sparsity: the size to export, in [0, 1).
         path: the output directory, created if missing; files of the same names are replaced.
-        fmt: "onnx" or "torch" (TorchScript).
+        fmt: "onnx", "torch" (TorchScript) or "transformers" (`dynsparse.export_hf`).
         depth: keep only this many layers (the checkpoint's depth order); default all.
         language: keep that language's units (a checkpoint with per-language orderings); default the shared ones.
 
@@ -169,6 +170,8 @@ def export(
         return export_onnx(model, sparsity, path, depth, language)
     if fmt == "torch":
         return export_torch(model, sparsity, path, depth, language)
+    if fmt == "transformers":
+        return export_transformers(model, sparsity, path, depth, language)
     raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -187,8 +190,29 @@ def export_onnx(
     fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
     with _staging(path) as tmp:
         _save_onnx(fixed, tmp / FILES["onnx"], _describe(model, fixed, sparsity, "onnx"))
+        from dynsparse.export_hf import save_onnx_config  # (it imports this module)
+
+        save_onnx_config(model, fixed.structure, tmp)  # optimum's ORTModelFor<Task> reads it beside model.onnx
         _save_sidecar(model, fixed, sparsity, "onnx", tmp)
     return Path(path) / FILES["onnx"]
+
+
+def export_transformers(
+    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None,
+    language: str | None = None,
+) -> Path:  # fmt: skip
+    """Export `model` at `sparsity` as a transformers model directory (`dynsparse.export_hf`) at `path`.
+
+    Raises:
+        InputError: a bad sparsity, or `path` not writable.
+    """
+    from dynsparse.export_hf import save_transformers  # (it imports this module)
+
+    fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
+    with _staging(path) as tmp:
+        stock = save_transformers(model, fixed, tmp, _max_length(model))
+        _save_sidecar(model, fixed, sparsity, "transformers", tmp, {"stock": stock})
+    return Path(path) / FILES["transformers"]
 
 
 def export_torch(
@@ -270,12 +294,17 @@ def _labels(model: ElasticModel) -> list[str]:
     return model.meta.get("labels") or [str(i) for i in range(model.shape.num_labels)]
 
 
-def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, fmt: ExportFormat, out: Path) -> None:
+def _max_length(model: ElasticModel) -> int:
+    """Tokens a sequence may hold: RoBERTa-style positions start after the padding index, so they allow fewer."""
+    shape = model.shape
+    return shape.max_positions - (shape.pad_token_id + 1 if model.family.padded_positions else 0)
+
+
+def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, fmt: ExportFormat, out: Path,
+                  extra: dict[str, Any] | None = None) -> None:  # fmt: skip
     from dynsparse import __version__
 
-    shape = model.shape
-    # RoBERTa-style positions start after the padding index, so they allow fewer tokens.
-    max_length = shape.max_positions - (shape.pad_token_id + 1 if model.family.padded_positions else 0)
+    max_length = _max_length(model)
     meta = {
         "format": fmt,
         "file": FILES[fmt],
@@ -293,10 +322,25 @@ def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, f
         "family": model.family.name,
         "base_model": model.meta.get("base_model"),
         "dynsparse_version": __version__,
+        **(extra or {}),
     }
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(out)
+        _portable_tokenizer_config(out / "tokenizer_config.json", fixed.input_names)
     (out / META).write_text(json.dumps(meta, indent=2))
+
+
+def _portable_tokenizer_config(path: Path, inputs: list[str]) -> None:
+    """The tokenizer as runtimes on transformers 4 read it too (optimum-onnx, Infinity): transformers 5 names a
+    plain tokenizers-backed tokenizer `TokenizersBackend`, which 4.x lacks (`PreTrainedTokenizerFast` is the same
+    class in both), and the tokenizer gives exactly the model's inputs."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = inputs
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -313,6 +357,8 @@ def _staging(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.mkdir()
         yield tmp
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):
+            if f.is_dir() and (out / f.name).is_dir():  # a folder (sentence-transformers' 1_Pooling) replaces one
+                shutil.rmtree(out / f.name)
             os.replace(f, out / f.name)
     except OSError as e:
         raise InputError(f"cannot write the export to {out}: {e.strerror or e}") from None

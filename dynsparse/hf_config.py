@@ -14,6 +14,7 @@ Checkpoints written before this (model_type of the base) still load with `dynspa
 """
 
 import copy
+from dataclasses import asdict
 import json
 import shutil
 from pathlib import Path
@@ -36,19 +37,18 @@ def remote_config(model: ElasticModel, layer_sizes: Structure | None = None) -> 
     if model.task in ("text-classification", "token-classification") and labels:
         raw["id2label"] = dict(enumerate(labels))
         raw["label2id"] = {name: i for i, name in enumerate(labels)}
-    s = model.shape
     raw.update(
         model_type=REMOTE_TYPE,
         base_model_type=base.model_type,
         architectures=[cls],
-        auto_map={"AutoConfig": "configuration_dynsparse.DynsparseConfig", "AutoModel": "modeling_dynsparse.DynsparseModel",
-                  auto: f"modeling_dynsparse.{cls}"},  # fmt: skip
+        auto_map={
+            "AutoConfig": "configuration_dynsparse.DynsparseConfig",
+            "AutoModel": "modeling_dynsparse.DynsparseModel",
+            auto: f"modeling_dynsparse.{cls}",
+        },
         dynsparse={
             "task": model.task,
-            "shape": {"vocab_size": s.vocab_size, "hidden": s.hidden, "layers": s.layers, "heads": s.heads,
-                      "intermediate": s.intermediate, "max_positions": s.max_positions, "type_vocab": s.type_vocab,
-                      "embedding_size": s.embedding_size, "act": s.act, "ln_eps": s.ln_eps,
-                      "pad_token_id": s.pad_token_id, "num_labels": s.num_labels},  # fmt: skip
+            "shape": asdict(model.shape),  # the names modeling_dynsparse.py reads
             "padded_positions": model.family.padded_positions,
             "pool_act": model.family.pool_act,
             "kept_vocab": model.meta.get("vocabulary", {}).get("kept"),

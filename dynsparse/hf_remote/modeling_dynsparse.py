@@ -31,6 +31,8 @@ Structure = tuple[tuple[int, int], ...]  # per layer: (heads kept, neurons kept)
 
 
 class DynsparseEmbeddings(nn.Module):
+    vocab_map: Tensor | None
+
     def __init__(self, s: dict[str, Any], padded_positions: bool, kept_vocab: int | None) -> None:
         super().__init__()
         e = s["embedding_size"]
@@ -159,6 +161,8 @@ class DynsparsePreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     _keys_to_ignore_on_load_unexpected = [r"language_(head|neuron)_scores"]  # per-language orderings: dynsparse only
     _with_head = True
+    head_scores: Tensor  # (L, H), elastic checkpoints only
+    neuron_scores: Tensor  # (L, F)
 
     def __init__(self, config: DynsparseConfig) -> None:
         super().__init__(config)
@@ -242,10 +246,11 @@ class DynsparseModel(DynsparsePreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"language_(head|neuron)_scores", r"^head\."]
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-                sparsity: float | None = None, depth: int | None = None, **kwargs: Any) -> BaseModelOutputWithPooling:  # fmt: skip
+                sparsity: float | None = None, depth: int | None = None, **kwargs: Any
+                ) -> BaseModelOutputWithPooling:  # fmt: skip
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, depth)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden,
-                                          pooler_output=F.normalize(mean_pool(hidden, attention_mask), dim=-1))  # fmt: skip
+        pooled = F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # (B, H)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
 class DynsparseForSequenceClassification(DynsparsePreTrainedModel):
@@ -274,4 +279,3 @@ class DynsparseForQuestionAnswering(DynsparsePreTrainedModel):
         start, end = self.head(hidden, attention_mask).split(1, dim=-1)  # (B, T, 1) each
         return QuestionAnsweringModelOutput(start_logits=start.squeeze(-1).contiguous(),
                                             end_logits=end.squeeze(-1).contiguous())  # fmt: skip
-
