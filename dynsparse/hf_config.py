@@ -14,9 +14,9 @@ Checkpoints written before this (model_type of the base) still load with `dynspa
 """
 
 import copy
-from dataclasses import asdict
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
