@@ -1,7 +1,9 @@
 """The checkpoint: one directory, the only artifact.
 
     model.safetensors   rewired weights (our layout: units on dim 0) and the sorted importance scores
-    config.json         the base encoder's transformers config (architecture rebuilt exactly)
+    config.json         the base encoder's transformers config (architecture rebuilt exactly), as the config of
+                        the modeling code beside it (configuration_dynsparse.py, modeling_dynsparse.py) that
+                        transformers runs with trust_remote_code and refuses without (`dynsparse.hf_config`)
     dynsparse.json      format version, family, task, labels, allocation, trained range, level table,
                         sha256 of model.safetensors
     tokenizer files     whatever the tokenizer's `save_pretrained` writes
@@ -27,6 +29,7 @@ from dynsparse.cost import embedding_params, head_cost, neuron_cost
 from dynsparse.errors import CheckpointError
 from dynsparse.family import family_for, shape_from_config
 from dynsparse.heads import TASKS
+from dynsparse.hf_config import base_config, is_remote, remote_config, write_remote
 from dynsparse.modeling import ElasticModel
 
 FORMAT_VERSION = 1
@@ -59,7 +62,7 @@ def save_checkpoint(model: ElasticModel, path: str | os.PathLike[str]) -> None:
             for k, v in model.state_dict().items()
         }  # fmt: skip  (the vocabulary map stays integer)
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "dynsparse_format": str(FORMAT_VERSION)})
-        model.hf_config.save_pretrained(tmp)
+        write_remote(remote_config(model), tmp)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
         meta = build_meta(model, sha256_file(tmp / WEIGHTS))
@@ -117,7 +120,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
     _check_state(root / WEIGHTS, model, state)
     model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the parameters
     model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())  # drop cached structures
-    model.tokenizer = _load_tokenizer(root)
+    model.tokenizer = _load_tokenizer(root, model.hf_config)
     return model.to(device or "cpu").eval()
 
 
@@ -174,8 +177,8 @@ def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
         raise CheckpointError(f"{root / CONFIG}: expected a JSON object, got {type(raw).__name__}")
     # before transformers sees them: it builds a label table of num_labels entries, whatever the number
     _check_sizes(root / CONFIG, {k: raw[k] for k in _RAW_SIZES if raw.get(k) is not None}, stored)
-    try:
-        config = AutoConfig.from_pretrained(root)
+    try:  # a checkpoint written before the modeling code was shipped holds the base config as it is
+        config = base_config(raw) if is_remote(raw) else AutoConfig.from_pretrained(root)
     except Exception as e:  # transformers raises many kinds on a hostile file (OSError, ValueError, its own)
         raise CheckpointError(f"{root / CONFIG}: cannot be read as a transformers config ({str(e)[:300]})") from None
     try:
@@ -293,10 +296,10 @@ def _check_state(path: Path, model: ElasticModel, state: dict[str, torch.Tensor]
         raise CheckpointError(f"{path}: embeddings.vocab_map points outside the {rows} kept tokens")
 
 
-def _load_tokenizer(root: Path) -> Any:
+def _load_tokenizer(root: Path, config: Any) -> Any:
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(root)
+    try:  # the base config given: AutoTokenizer would read config.json, whose code it must not run
+        return AutoTokenizer.from_pretrained(root, config=config)
     except Exception as e:  # transformers raises many kinds on hostile files (RecursionError, AttributeError, ...)
         raise CheckpointError(f"{root}: tokenizer files missing or unreadable ({str(e)[:300]})") from None

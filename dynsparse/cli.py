@@ -323,16 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(run=_serve)
 
     ex = sub.add_parser(
-        "export", help="one size as a standalone model (ONNX or TorchScript) for runtimes without Python",
+        "export", help="one size as a standalone model (ONNX, TorchScript or transformers)",
         description="Write the checkpoint at one sparsity as a fixed-size model into the directory OUTPUT: "
-        "model.onnx (opset 18) or model.pt (TorchScript, torch.jit.load), the tokenizer files and "
+        "model.onnx (opset 18, with config.json for optimum), model.pt (TorchScript, torch.jit.load) or "
+        "model.safetensors + config.json (transformers; sentence-transformers files for embeddings), the tokenizer "
+        "files and "
         "dynsparse_export.json (sparsity, structure, labels, inputs). Inputs: input_ids, attention_mask "
-        "(and token_type_ids where the model has them), any batch size and length; output: logits. "
+        "(and token_type_ids where the model has them), any batch size and length; outputs under transformers' "
+        "names (logits; start_logits, end_logits; embeddings, last_hidden_state). "
         "ONNX needs the 'export' extra: pip install 'dynsparse[export]'.",
     )  # fmt: skip
     ex.add_argument("checkpoint")
     ex.add_argument("--sparsity", type=_sparsity, required=True, help="the size to export, in [0, 1)")
-    ex.add_argument("--format", choices=["onnx", "torch"], default="onnx", help="default: onnx")
+    ex.add_argument("--format", choices=["onnx", "torch", "transformers"], default="onnx",
+                    help="default: onnx; transformers: a directory AutoModelFor<Task>.from_pretrained loads")
     ex.add_argument("--depth", type=_positive, default=None, help="keep only this many layers (default: all)")
     ex.add_argument("--language", default=None, help="a language's own ordering (per-language checkpoints)")
     ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")

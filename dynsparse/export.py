@@ -3,14 +3,24 @@
 An export is a directory:
 
     model.onnx | model.pt    the network at one sparsity, holding only the kept units' weights
-                             (ONNX, opset 18; or TorchScript, loaded by `torch.jit.load` or libtorch)
+                             (ONNX, opset 18; or TorchScript, loaded by `torch.jit.load` or libtorch;
+                             or model.safetensors + config.json: a transformers model, `dynsparse.export_hf`)
     model.onnx.data          ONNX weights, only when they pass protobuf's 2 GiB limit
     dynsparse_export.json    format, file, sparsity, per-layer structure, labels, input/output names
     tokenizer files          whatever the tokenizer's `save_pretrained` writes
 
 Both formats take int64 `input_ids` and `attention_mask` (plus `token_type_ids` where the model has
 segment embeddings and its tokenizer returns them), each (batch, sequence) with any batch size and
-sequence length, and return `logits` (batch, labels): the tokenizer's outputs in, the logits out.
+sequence length, and return the task's outputs under transformers' (and optimum's) names:
+
+    text-classification     logits (B, labels)
+    token-classification    logits (B, T, labels)
+    question-answering      start_logits (B, T), end_logits (B, T)
+    feature-extraction      embeddings (B, H): the mask-aware mean, L2-normalised as /v1/embed returns;
+                            last_hidden_state (B, T, H)
+
+An ONNX export also holds `config.json` (see `dynsparse.export_hf`), so that optimum's
+`ORTModelFor<Task>.from_pretrained(DIR)` loads the directory as it is.
 """
 
 import contextlib
@@ -26,15 +36,16 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_sparsity, take_rows
 
-ExportFormat = Literal["onnx", "torch"]
-FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch")
-FILES: dict[ExportFormat, str] = {"onnx": "model.onnx", "torch": "model.pt"}
+ExportFormat = Literal["onnx", "torch", "transformers"]
+FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch", "transformers")
+FILES: dict[ExportFormat, str] = {"onnx": "model.onnx", "torch": "model.pt", "transformers": "model.safetensors"}
 META = "dynsparse_export.json"
 OPSET = 18
 EXTRA = "pip install 'dynsparse[export]'"
@@ -44,13 +55,19 @@ _HEAD_PARAMS = ("q_weight", "q_bias", "k_weight", "k_bias", "v_weight", "v_bias"
 _NEURON_PARAMS = ("ffn_in_weight", "ffn_in_bias", "ffn_out_weight_t")
 _ONNX_PROTOBUF_LIMIT = 1_800_000_000  # bytes; protobuf caps a file at 2 GiB, leave room for the graph
 _NOISY_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")  # thousands of DEBUG/INFO lines per export
+OUTPUTS: dict[str, tuple[str, ...]] = {  # per task, the names transformers' outputs and optimum use
+    "text-classification": ("logits",),
+    "token-classification": ("logits",),
+    "question-answering": ("start_logits", "end_logits"),
+    "feature-extraction": ("embeddings", "last_hidden_state"),
+}
 
 
 class FixedSizeModel(nn.Module):
     """One size of an `ElasticModel` as a plain module whose weights hold only the kept units.
 
-    `forward(input_ids, attention_mask, token_type_ids=None)` returns the logits (B, num_labels),
-    equal to `model(..., sparsity=s).logits`. Built by `fixed_size`.
+    `forward(input_ids, attention_mask, token_type_ids=None)` returns the task's outputs (`OUTPUTS`), equal to
+    `model(..., sparsity=s)`'s. Built by `fixed_size`.
     """
 
     def __init__(self, model: ElasticModel, structure: Structure, language: str | None = None) -> None:
@@ -65,16 +82,25 @@ class FixedSizeModel(nn.Module):
             for layer, (heads, neurons), r in zip(layers, structure, rows, strict=True) if (heads, neurons) != (0, 0)
         )  # fmt: skip
         self.head = copy.deepcopy(model.head)
+        self.task = model.task
+        self.output_names = list(OUTPUTS[model.task])
         self.input_names = ["input_ids", "attention_mask"]
         if self.embeddings.token_type is not None and _tokenizer_gives_types(model.tokenizer):
             self.input_names.append("token_type_ids")  # else zeros, as in `ElasticModel` without them
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
         mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         for layer, (heads, neurons) in zip(self.layers, self.structure, strict=True):
             x = layer(x, mask, heads, neurons)  # slices are the whole (already small) weights
-        return self.head(x)  # (B, C)
+        out = self.head(x, attention_mask)  # the mean pooling skips padding: it needs the mask
+        if self.task == "feature-extraction":
+            return F.normalize(out, dim=-1), x  # (B, H) as /v1/embed returns, (B, T, H)
+        if self.task == "question-answering":
+            return out[..., 0].contiguous(), out[..., 1].contiguous()  # (B, T) each, transformers' split
+        return out  # (B, C) or (B, T, C)
 
 
 def fixed_size(
@@ -130,7 +156,7 @@ def export(
         model: the elastic model (any device and dtype; the export is float32 on CPU).
         sparsity: the size to export, in [0, 1).
         path: the output directory, created if missing; files of the same names are replaced.
-        fmt: "onnx" or "torch" (TorchScript).
+        fmt: "onnx", "torch" (TorchScript) or "transformers" (`dynsparse.export_hf`).
         depth: keep only this many layers (the checkpoint's depth order); default all.
         language: keep that language's units (a checkpoint with per-language orderings); default the shared ones.
 
@@ -144,6 +170,8 @@ def export(
         return export_onnx(model, sparsity, path, depth, language)
     if fmt == "torch":
         return export_torch(model, sparsity, path, depth, language)
+    if fmt == "transformers":
+        return export_transformers(model, sparsity, path, depth, language)
     raise InputError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
@@ -162,8 +190,29 @@ def export_onnx(
     fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
     with _staging(path) as tmp:
         _save_onnx(fixed, tmp / FILES["onnx"], _describe(model, fixed, sparsity, "onnx"))
+        from dynsparse.export_hf import save_onnx_config  # (it imports this module)
+
+        save_onnx_config(model, fixed.structure, tmp)  # optimum's ORTModelFor<Task> reads it beside model.onnx
         _save_sidecar(model, fixed, sparsity, "onnx", tmp)
     return Path(path) / FILES["onnx"]
+
+
+def export_transformers(
+    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None,
+    language: str | None = None,
+) -> Path:  # fmt: skip
+    """Export `model` at `sparsity` as a transformers model directory (`dynsparse.export_hf`) at `path`.
+
+    Raises:
+        InputError: a bad sparsity, or `path` not writable.
+    """
+    from dynsparse.export_hf import save_transformers  # (it imports this module)
+
+    fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
+    with _staging(path) as tmp:
+        stock = save_transformers(model, fixed, tmp, _max_length(model))
+        _save_sidecar(model, fixed, sparsity, "transformers", tmp, {"stock": stock})
+    return Path(path) / FILES["transformers"]
 
 
 def export_torch(
@@ -201,7 +250,7 @@ def _save_onnx(fixed: FixedSizeModel, file: Path, description: dict[str, str]) -
     axes = {0: "batch", 1: "sequence"}
     with _quiet_exporter():
         program = torch.onnx.export(
-            fixed, _example_inputs(fixed), input_names=fixed.input_names, output_names=["logits"],
+            fixed, _example_inputs(fixed), input_names=fixed.input_names, output_names=fixed.output_names,
             opset_version=OPSET, dynamo=True, dynamic_shapes=dict.fromkeys(fixed.input_names, axes),
             verbose=False,
         )  # fmt: skip
@@ -245,12 +294,17 @@ def _labels(model: ElasticModel) -> list[str]:
     return model.meta.get("labels") or [str(i) for i in range(model.shape.num_labels)]
 
 
-def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, fmt: ExportFormat, out: Path) -> None:
+def _max_length(model: ElasticModel) -> int:
+    """Tokens a sequence may hold: RoBERTa-style positions start after the padding index, so they allow fewer."""
+    shape = model.shape
+    return shape.max_positions - (shape.pad_token_id + 1 if model.family.padded_positions else 0)
+
+
+def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, fmt: ExportFormat, out: Path,
+                  extra: dict[str, Any] | None = None) -> None:  # fmt: skip
     from dynsparse import __version__
 
-    shape = model.shape
-    # RoBERTa-style positions start after the padding index, so they allow fewer tokens.
-    max_length = shape.max_positions - (shape.pad_token_id + 1 if model.family.padded_positions else 0)
+    max_length = _max_length(model)
     meta = {
         "format": fmt,
         "file": FILES[fmt],
@@ -262,16 +316,31 @@ def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, f
         "labels": _labels(model),
         "task": model.meta.get("task", "text-classification"),
         "inputs": fixed.input_names,
-        "outputs": ["logits"],
+        "outputs": fixed.output_names,
         "max_length": max_length,
         "opset": OPSET if fmt == "onnx" else None,
         "family": model.family.name,
         "base_model": model.meta.get("base_model"),
         "dynsparse_version": __version__,
+        **(extra or {}),
     }
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(out)
+        _portable_tokenizer_config(out / "tokenizer_config.json", fixed.input_names)
     (out / META).write_text(json.dumps(meta, indent=2))
+
+
+def _portable_tokenizer_config(path: Path, inputs: list[str]) -> None:
+    """The tokenizer as runtimes on transformers 4 read it too (optimum-onnx, Infinity): transformers 5 names a
+    plain tokenizers-backed tokenizer `TokenizersBackend`, which 4.x lacks (`PreTrainedTokenizerFast` is the same
+    class in both), and the tokenizer gives exactly the model's inputs."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = inputs
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -288,6 +357,8 @@ def _staging(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.mkdir()
         yield tmp
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):
+            if f.is_dir() and (out / f.name).is_dir():  # a folder (sentence-transformers' 1_Pooling) replaces one
+                shutil.rmtree(out / f.name)
             os.replace(f, out / f.name)
     except OSError as e:
         raise InputError(f"cannot write the export to {out}: {e.strerror or e}") from None

@@ -201,3 +201,46 @@ def test_cli_unwritable_output_exit_2(tiny_ckpt: Path, tmp_path: Path) -> None:
     r = cli(str(tiny_ckpt), "--sparsity", "0.5", "--format", "torch", "--output", str(tmp_path / "file" / "out"))
     assert r.returncode == 2 and "cannot write the export" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- every task, on a padded batch ------------------------------------------------------------------------
+TASK_CKPTS = ("tiny_ckpt", "ner_ckpt", "qa_ckpt", "embed_ckpt")
+
+
+def task_reference(model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], sparsity: float
+                   ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The Python API's outputs at `sparsity` under the export's names (embeddings as /v1/embed returns them)."""
+    with torch.no_grad():
+        out = model(**batch, sparsity=sparsity)
+    if model.task == "question-answering":
+        return {"start_logits": out.logits[..., 0], "end_logits": out.logits[..., 1]}
+    if model.task == "feature-extraction":
+        return {"embeddings": torch.nn.functional.normalize(out.logits, dim=-1),
+                "last_hidden_state": out.last_hidden_state}  # fmt: skip
+    return {"logits": out.logits}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch"])
+@pytest.mark.parametrize("ckpt", TASK_CKPTS)
+def test_every_task_matches_on_a_padded_batch(request: pytest.FixtureRequest, tmp_path: Path, ckpt: str,
+                                              fmt: str) -> None:  # fmt: skip
+    if fmt == "onnx":
+        pytest.importorskip("onnxscript")
+    model = dynsparse.load(str(request.getfixturevalue(ckpt)))
+    batch = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    expected = task_reference(model, batch, 0.5)
+    file = export(model, 0.5, tmp_path, fmt)
+    meta = json.loads((tmp_path / META).read_text())
+    assert meta["outputs"] == list(expected) and meta["task"] == model.task
+    if fmt == "onnx":
+        session = pytest.importorskip("onnxruntime").InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        assert [o.name for o in session.get_outputs()] == list(expected)
+        values = session.run(None, {i.name: batch[i.name].numpy() for i in session.get_inputs()})
+        got = [torch.from_numpy(v) for v in values]
+    else:
+        out = torch.jit.load(str(file))(*(batch[name] for name in meta["inputs"]))
+        got = list(out) if isinstance(out, tuple) else [out]
+    for name, value in zip(expected, got, strict=True):
+        torch.testing.assert_close(value, expected[name], atol=1e-4, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    if model.task == "feature-extraction":  # unit vectors, and the padded rows pooled over their real tokens only
+        torch.testing.assert_close(got[0].norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5, rtol=0)
