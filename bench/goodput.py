@@ -113,8 +113,7 @@ def infinity(venv: Path, engine: str, model_dir: Path) -> Iterator[str]:
         _wait_ready(proc, url, "/health", f"infinity ({engine})")
         yield url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        _stop(proc)
 
 
 @contextmanager
@@ -123,8 +122,17 @@ def dynsparse_server(ckpt: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL: an Infinity whose startup failed was seen ignoring SIGTERM for good."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 async def _one(session: aiohttp.ClientSession, path: str, body: dict[str, Any], at: float, slo_s: float,

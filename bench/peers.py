@@ -47,6 +47,8 @@ def ort_session(path: Path) -> Any:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
+    # no busy-waiting between calls: spinning threads would steal the cores from the contender timed next
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
