@@ -148,32 +148,73 @@ def build_contenders(model: ElasticModel, auto: torch.dtype, levels: list[float]
 
     low = cast_model(copy.deepcopy(model), auto) if auto != torch.float32 else None  # one cast: sizes stay views
     for s in levels:
-        add(f"dynsparse fp32 @{s}", s, "dynsparse fp32",
-            lambda s=s: torch_runner(lambda i, m: model(input_ids=i, attention_mask=m, sparsity=s).logits), True)
+        add(
+            f"dynsparse fp32 @{s}",
+            s,
+            "dynsparse fp32",
+            lambda s=s: torch_runner(lambda i, m: model(input_ids=i, attention_mask=m, sparsity=s).logits),
+            True,
+        )
         if low is not None:
-            add(f"dynsparse {_name(auto)} @{s}", s, f"dynsparse {_name(auto)}",
-                lambda s=s: torch_runner(lambda i, m: low(input_ids=i, attention_mask=m, sparsity=s).logits), True)
+            add(
+                f"dynsparse {_name(auto)} @{s}",
+                s,
+                f"dynsparse {_name(auto)}",
+                lambda s=s: torch_runner(lambda i, m: low(input_ids=i, attention_mask=m, sparsity=s).logits),
+                True,
+            )
         path = Path(export(model, s, work / f"export-{s}", "onnx"))
-        add(f"ORT fp32 export @{s}", s, "ORT fp32 (dynsparse export)", lambda p=path: runner("ort", ort_session(p)),
-            True)
-        add(f"OpenVINO fp32 export @{s}", s, "OpenVINO fp32 (dynsparse export)",
-            lambda p=path: runner("ov", ov_compiled(p, "f32")), True)
-        add(f"OpenVINO default export @{s}", s, "OpenVINO default (dynsparse export)",
-            lambda p=path: runner("ov", ov_compiled(p, None)), True)
+        add(
+            f"ORT fp32 export @{s}",
+            s,
+            "ORT fp32 (dynsparse export)",
+            lambda p=path: runner("ort", ort_session(p)),
+            True,
+        )
+        add(
+            f"OpenVINO fp32 export @{s}",
+            s,
+            "OpenVINO fp32 (dynsparse export)",
+            lambda p=path: runner("ov", ov_compiled(p, "f32")),
+            True,
+        )
+        add(
+            f"OpenVINO default export @{s}",
+            s,
+            "OpenVINO default (dynsparse export)",
+            lambda p=path: runner("ov", ov_compiled(p, None)),
+            True,
+        )
         if int8:
-            add(f"ORT int8 export @{s}", s, "ORT int8 (dynsparse export)",
-                lambda p=path, s=s: runner("ort", ort_session(ort_int8(p, work / f"int8-{s}.onnx"))), True)
+            add(
+                f"ORT int8 export @{s}",
+                s,
+                "ORT int8 (dynsparse export)",
+                lambda p=path, s=s: runner("ort", ort_session(ort_int8(p, work / f"int8-{s}.onnx"))),
+                True,
+            )
     hf = AutoModel.from_pretrained(_base(model), attn_implementation="sdpa").eval()
-    add("transformers sdpa", 0.0, "transformers sdpa (dense)",
-        lambda: torch_runner(lambda i, m: hf(input_ids=i, attention_mask=m).last_hidden_state), False)
+    add(
+        "transformers sdpa",
+        0.0,
+        "transformers sdpa (dense)",
+        lambda: torch_runner(lambda i, m: hf(input_ids=i, attention_mask=m).last_hidden_state),
+        False,
+    )
     dense = export_dense_onnx(hf, work / "dense.onnx")
     add("ORT fp32 dense", 0.0, "ORT fp32 (dense)", lambda: runner("ort", ort_session(dense)), False)
     add("OpenVINO fp32 dense", 0.0, "OpenVINO fp32 (dense)", lambda: runner("ov", ov_compiled(dense, "f32")), False)
-    add("OpenVINO default dense", 0.0, "OpenVINO default (dense)", lambda: runner("ov", ov_compiled(dense, None)),
-        False)
+    add(
+        "OpenVINO default dense", 0.0, "OpenVINO default (dense)", lambda: runner("ov", ov_compiled(dense, None)), False
+    )
     if int8:
-        add("ORT int8 dense", 0.0, "ORT int8 (dense)",
-            lambda: runner("ort", ort_session(ort_int8(dense, work / "dense-int8.onnx"))), False)
+        add(
+            "ORT int8 dense",
+            0.0,
+            "ORT int8 (dense)",
+            lambda: runner("ort", ort_session(ort_int8(dense, work / "dense-int8.onnx"))),
+            False,
+        )
     return out, errors
 
 
