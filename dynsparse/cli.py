@@ -200,7 +200,7 @@ def _load_in_dtype(path: str, device: str, dtype_name: str) -> tuple[Any, Any]:
     except RuntimeError as e:  # an unparsable device name
         raise InputError(f"device {device!r}: {e}") from None
     model = dynsparse.load(path, device=device)
-    log.info("running in %s on %s", str(dtype).removeprefix("torch."), device)
+    log.debug("running in %s on %s", str(dtype).removeprefix("torch."), device)
     return cast_model(model, dtype), dtype
 
 
