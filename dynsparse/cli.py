@@ -135,7 +135,6 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     checkpoint's ordering was made (estimator and mode)."""
     import torch
 
-    import dynsparse
     from dynsparse.config import DataArguments
     from dynsparse.data import load_splits
     from dynsparse.evaluate import default_levels, depth_grid, evaluate_levels, write_levels
@@ -144,7 +143,7 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     from dynsparse.twin import add_agreement, twin_texts
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = dynsparse.load(path, device=device)
+    model, dtype = _load_in_dtype(path, device, args.dtype)
     raw = load_splits(args.validation_file, "validation data")
     if args.max_eval_samples:
         raw = raw.select(range(min(args.max_eval_samples, len(raw))))
@@ -168,7 +167,8 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
         add_agreement(rows, model, texts, args.batch_size, max_len)
     metric = task.main_metric if labelled else "agreement"
     info = level_info(model, model.meta.get("base_model", path), device, args.latency_batch, args.latency_seq_len)
-    write_levels(rows, out, metric, {**info, "checkpoint": path, "data": args.validation_file})
+    info = {**info, "dtype": str(dtype).removeprefix("torch."), "checkpoint": path, "data": args.validation_file}
+    write_levels(rows, out, metric, info)
     ordering = model.meta.get("ordering") or {}
     label = f"{ordering.get('estimator', 'natural')}, {ordering.get('mode', 'once-for-all')}"
     return rows, metric, label
@@ -177,12 +177,11 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
 def _profile(args: argparse.Namespace) -> None:
     import torch
 
-    import dynsparse
     from dynsparse.evaluate import default_levels
     from dynsparse.profile import profile_levels
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = dynsparse.load(args.checkpoint, device=device)
+    model, dtype = _load_in_dtype(args.checkpoint, device, args.dtype)
     levels = args.levels or default_levels(model.meta["sparsity_range"][1])
     rows = profile_levels(model, levels, args.batch_sizes, args.seq_lens)
     print(f"{'sparsity':>9} {'batch':>6} {'seq_len':>8} {'latency_ms':>11}")
@@ -190,7 +189,24 @@ def _profile(args: argparse.Namespace) -> None:
         print(f"{r['sparsity']:>9} {r['batch']:>6} {r['seq_len']:>8} {r['latency_ms']:>11.2f}")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps({"device": str(device), "rows": rows}, indent=2))
+        doc = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "rows": rows}
+        Path(args.output).write_text(json.dumps(doc, indent=2))
+
+
+def _load_in_dtype(path: str, device: str, dtype_name: str) -> tuple[Any, Any]:
+    """The checkpoint on `device`, cast once to `dtype_name` (see `dynsparse.precision`); and the dtype."""
+    import torch
+
+    import dynsparse
+    from dynsparse.precision import cast_model, pick_dtype
+
+    try:
+        dtype = pick_dtype(dtype_name, torch.device(device))
+    except RuntimeError as e:  # an unparsable device name
+        raise InputError(f"device {device!r}: {e}") from None
+    model = dynsparse.load(path, device=device)
+    log.debug("running in %s on %s", str(dtype).removeprefix("torch."), device)
+    return cast_model(model, dtype), dtype
 
 
 def _sparsity(text: str) -> float:
@@ -300,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--agreement", action="store_true",
                     help="also each level's agreement with dense (always on a file without labels)")  # fmt: skip
     ev.add_argument("--device")
+    ev.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                    help="auto: bfloat16 on a CPU with bf16 instructions, float16 on cuda, else float32")  # fmt: skip
     ev.set_defaults(run=_evaluate)
 
     pr = sub.add_parser("profile", help="measured latency per level, batch size and sequence length")
@@ -309,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seq_lens", type=_positive, nargs="+", default=[32, 128])
     pr.add_argument("--output", help="also write the rows as JSON here")
     pr.add_argument("--device")
+    pr.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                    help="auto: bfloat16 on a CPU with bf16 instructions, float16 on cuda, else float32")  # fmt: skip
     pr.set_defaults(run=_profile)
 
     sv = sub.add_parser("serve", help="the HTTP server (FastAPI); settings also from DYNSPARSE_* variables")

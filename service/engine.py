@@ -21,10 +21,11 @@ import dynsparse
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticModel
+from dynsparse.precision import cast_model, pick_dtype
 from dynsparse.profile import measure_latency
 from service.codec import ENDPOINT, Codec, Encoded, Item, LabelScore, Row, Task, make_codecs, served_tasks
 from service.planner import LatencyProfile, ProfilePoint
-from service.settings import Dtype, Settings
+from service.settings import Settings
 
 __all__ = ["Engine", "Item", "LabelScore", "Task", "default_batch_wait_ms", "pick_device", "pick_dtype"]
 
@@ -64,15 +65,6 @@ def default_batch_wait_ms(device: torch.device) -> float:
     return 2.0 if device.type == "cuda" else 0.0
 
 
-def pick_dtype(name: Dtype, device: torch.device) -> torch.dtype:
-    """auto: half precision on GPU (tensor cores), float32 on CPU (half is slow or missing there)."""
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if name == "float16" and device.type == "cpu":
-        raise InputError("dtype float16 needs a GPU; use float32 or bfloat16 on cpu")
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
 @dataclass
 class RunStats:
     """What the last `Engine.run` read: tokens per request (its rows' ids, specials included) and the time the
@@ -99,9 +91,7 @@ class Engine:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.dtype = dtype
-        if dtype != torch.float32:  # parameters only: the importance buffers keep full precision
-            for p in model.parameters():
-                p.data = p.data.to(dtype)
+        cast_model(model, dtype)  # parameters only: the importance buffers keep full precision
         self.max_batch_size = max_batch_size
         self.max_tokens = min(max_tokens, model.shape.max_positions - 2)  # RoBERTa positions start at pad + 1
         self.max_rows = max_rows  # model rows per request: a long QA context takes one per window

@@ -61,3 +61,14 @@ def test_evaluate_bad_checkpoint_and_sparsity(tiny_dir: Path, tmp_path: Path) ->
     r = run("-m", "dynsparse.cli", "evaluate", str(tmp_path), "--validation_file", "x.csv", "--output_dir", "o",
             "--levels", "1.2")  # fmt: skip
     assert r.returncode == 2 and "sparsity must be in [0, 1)" in r.stderr
+
+
+def test_profile_in_a_reduced_dtype(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    r = run("-m", "dynsparse.cli", "profile", str(tiny_ckpt), "--levels", "0.5", "--batch_sizes", "1",
+            "--seq_lens", "8", "--dtype", "bfloat16", "--output", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["dtype"] == "bfloat16" and len(doc["rows"]) == 1 and doc["rows"][0]["latency_ms"] > 0
+    r = run("-m", "dynsparse.cli", "profile", str(tiny_ckpt), "--dtype", "int8")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
