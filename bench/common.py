@@ -98,7 +98,7 @@ def real_sentences(n: int, seed: int = 0) -> list[str]:
     import csv
     import random
 
-    from dynsparse.default import rotten_tomatoes_source
+    from dynsparse.assets.default import rotten_tomatoes_source
 
     with bz2.open(rotten_tomatoes_source(), "rt", encoding="utf-8") as f:
         texts = [r["text"].strip() for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]

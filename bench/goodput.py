@@ -49,9 +49,8 @@ def embedding_checkpoint(spec: str | None, work: Path) -> str:
     """`spec` (a dynsparse checkpoint), or the embedded MiniLM wrapped as a feature-extraction checkpoint."""
     if spec:
         return spec
-    from dynsparse.default import default_model_path
-
     import dynsparse
+    from dynsparse.assets.default import default_model_path
 
     path = work / "minilm-ckpt"
     dynsparse.from_pretrained(default_model_path(), task="feature-extraction").save(str(path))
@@ -225,7 +224,7 @@ def run_contenders(args: Any, ckpt: str, rates: list[float], seconds: float) -> 
     if not (venv / "bin" / "infinity_emb").is_file():
         skipped["infinity"] = f"no infinity_emb in {venv} (see this script's docstring to make the venv)"
         return rows, skipped
-    from dynsparse.default import default_model_path
+    from dynsparse.assets.default import default_model_path
 
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)

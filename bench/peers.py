@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import base_parser, device_name, load_model, plt, real_sentences, write_result  # noqa: E402
-from dynsparse.default import default_model_path  # noqa: E402
 
+from dynsparse.assets.default import default_model_path  # noqa: E402
 from dynsparse.export import export  # noqa: E402
 from dynsparse.modeling import ElasticModel  # noqa: E402
 from dynsparse.precision import cast_model, pick_dtype  # noqa: E402

@@ -33,8 +33,7 @@ def validation(model: ElasticModel, n: int) -> tuple[list[str], list[int] | None
     """Up to `n` validation texts and label ids (None for a model without a trained label set)."""
     import csv
 
-    from dynsparse.default import prepare_rotten_tomatoes
-
+    from dynsparse.assets.default import prepare_rotten_tomatoes
     from dynsparse.recipe import cache_dir
 
     _, valid = prepare_rotten_tomatoes(cache_dir() / "rotten_tomatoes")
