@@ -6,6 +6,7 @@ transposed), which makes a size's weights contiguous views `w[:k]`: a size switc
 the matmuls really shrink.
 """
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -284,6 +285,13 @@ class ElasticModel(nn.Module):
         self._rows.clear()
 
     # -- forward -----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """`dynsparse.save(self, path)`, DESIGN.md's `model.save`: the checkpoint module imports this one, so the
+        alias imports it only when called (no import-time cycle)."""
+        from dynsparse.checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
         sparsity: float = 0.0, structure: Structure | None = None,

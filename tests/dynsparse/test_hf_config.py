@@ -68,7 +68,7 @@ def test_global_allocation_matches(tiny_dir: Path, tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(0)
     model.set_scores(torch.rand(2, 4, generator=g).sort(-1, descending=True).values,
                      torch.rand(2, 64, generator=g).sort(-1, descending=True).values)  # fmt: skip
-    model.save(str(tmp_path / "ckpt"))
+    dynsparse.save(model, str(tmp_path / "ckpt"))
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)
     batch = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     for s in (0.0, 0.3, 0.6, 0.9):
