@@ -173,7 +173,9 @@ class Batcher:
     async def _loop(self) -> None:
         while (head := await self._next_head()) is not None:
             if head.idle:  # nothing real is queued: one small batch of idle work
-                await self._run(self.lane.take(head.key))
+                idle = self.lane.take(head.key)
+                if idle:
+                    await self._run(idle)
                 continue
             await self._fill(head)
             batch = self._take(head.key)
