@@ -12,7 +12,7 @@ Example:
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -39,4 +39,12 @@ def mount_console(app: FastAPI) -> None:
     # GET / is in the schema (POST / is the HF Inference route: the path must list every method it answers)
     app.add_api_route("/", index, methods=["GET"], summary="The operator console (HTML)", operation_id="console",
                       response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})  # fmt: skip
+    # three routes share `/`: one answer for the other methods, naming all three (Starlette names only one)
+    others = ["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
+    app.add_api_route("/", _not_allowed, methods=others, include_in_schema=False)
     app.mount("/console", StaticFiles(directory=STATIC_DIR), name="console")
+
+
+async def _not_allowed() -> JSONResponse:
+    error = {"error": "Method Not Allowed", "error_type": "method_not_allowed"}
+    return JSONResponse(error, status_code=405, headers={"Allow": "GET, HEAD, POST"})
