@@ -12,7 +12,7 @@ Example:
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -26,7 +26,7 @@ _CSP = (
 router = APIRouter(include_in_schema=False)
 
 
-@router.api_route("/", methods=["GET", "HEAD"])
+@router.api_route("/", methods=["HEAD"])
 async def index() -> FileResponse:
     """The console page."""
     headers = {"Content-Security-Policy": _CSP, "Cache-Control": "no-cache"}
@@ -34,6 +34,17 @@ async def index() -> FileResponse:
 
 
 def mount_console(app: FastAPI) -> None:
-    """Serve the page at `/` and its assets under `/console/` (both outside the OpenAPI schema)."""
+    """Serve the page at `/` and its assets under `/console/` (the assets outside the OpenAPI schema)."""
     app.include_router(router)
+    # GET / is in the schema (POST / is the HF Inference route: the path must list every method it answers)
+    app.add_api_route("/", index, methods=["GET"], summary="The operator console (HTML)", operation_id="console",
+                      response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})  # fmt: skip
+    # three routes share `/`: one answer for the other methods, naming all three (Starlette names only one)
+    others = ["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
+    app.add_api_route("/", _not_allowed, methods=others, include_in_schema=False)
     app.mount("/console", StaticFiles(directory=STATIC_DIR), name="console")
+
+
+async def _not_allowed() -> JSONResponse:
+    error = {"error": "Method Not Allowed", "error_type": "method_not_allowed"}
+    return JSONResponse(error, status_code=405, headers={"Allow": "GET, HEAD, POST"})

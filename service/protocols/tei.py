@@ -148,7 +148,7 @@ class Info(BaseModel):
     task: str = Field(description="what the checkpoint was trained for")
     sizes: dict[str, float] = Field(description="named sizes and their sparsity (GET /v1/sizes for more)")
     default: dict[str, Any]
-    allowed: tuple[float, float]
+    allowed: list[float] = Field(description="[densest, smallest] sparsity accepted")
 
 
 # -- TEI ---------------------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ async def info(rt: RuntimeDep) -> Info:
         task=e.task,
         sizes=dict(rt.policy.named),
         default=rt.sizes.default,
-        allowed=(rt.policy.low, rt.policy.high),
+        allowed=[rt.policy.low, rt.policy.high],
     )
 
 
