@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.protocols.common import error_body
+
 OnReject = Callable[[Scope, str], None]  # (scope, error_type): for the error counter
 _BINARY_PATHS = ("/v2/",)  # KServe's binary tensor extension sends octet-stream bodies
 
@@ -81,10 +83,8 @@ class RequestGuard:
     ) -> None:
         if self.on_reject is not None:
             self.on_reject(scope, kind)
-        error = {"error": message, "error_type": kind}
         rid = scope.get("state", {}).get("request_id")
-        if rid is not None:
-            error["request_id"] = rid
+        error = error_body(scope["path"], status, kind, message, request_id=rid)  # the route's protocol's shape
         await JSONResponse(error, status_code=status, headers=headers)(scope, receive, send)
 
 

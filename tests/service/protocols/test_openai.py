@@ -113,6 +113,21 @@ def test_model_ids_that_pick_nothing_valid(client: openai.OpenAI, name: str) -> 
         client.embeddings.create(model=f"{name}:small", input=["a"], extra_body={"sparsity": 0.5})
 
 
+@pytest.mark.parametrize(
+    ("content", "headers", "status"),
+    [(b"x" * (2 << 20), {"Content-Type": "application/json"}, 413), (b"input=a", {"Content-Type": "text/plain"}, 415)],
+)
+def test_the_body_guard_answers_in_openais_shape(
+    server: Live, content: bytes, headers: dict[str, str], status: int
+) -> None:
+    """A body refused before parsing (too large, not JSON) is still an OpenAI error on the OpenAI routes."""
+    r = httpx.post(server.url + "/v1/embeddings", content=content, headers=headers)
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["message"]
+
+
 @pytest.fixture(scope="module")
 def keyed(make_settings: Callable[..., Settings]) -> Iterator[Live]:
     with live_server(make_settings(api_key="s3cret", served_model_name="tiny-sst")) as live:
