@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import base_parser, device_name, plt, real_sentences, write_result  # noqa: E402
-from serve_load import _free_port, _pct, start_server  # noqa: E402
+from serve_load import _free_port, _pct, start_server, wait_ready  # noqa: E402
 
 ATTAINED = 0.99  # a rate is sustained when this share of its requests meets the SLO
 GIVE_UP = 0.5  # past a rate where under this share meets it, higher rates only queue more
@@ -55,21 +54,6 @@ def embedding_checkpoint(spec: str | None, work: Path) -> str:
     path = work / "minilm-ckpt"
     dynsparse.from_pretrained(default_model_path(), task="feature-extraction").save(str(path))
     return str(path)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, path: str, name: str) -> None:
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode} before it was ready")
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{name} not ready in 300 s")
 
 
 def onnx_model_dir(venv: Path, model: str, cache: Path) -> Path:
@@ -110,7 +94,7 @@ def infinity(venv: Path, engine: str, model_dir: Path) -> Iterator[str]:
     proc = subprocess.Popen(cmd, cwd=model_dir, env=_offline(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, url, "/health", f"infinity ({engine})")
+        wait_ready(proc, url, "/health", f"infinity ({engine})")
         yield url
     finally:
         _stop(proc)

@@ -53,18 +53,27 @@ def start_server(ckpt: str, device: str, max_batch: int) -> tuple[subprocess.Pop
     cmd = [sys.executable, "-m", "dynsparse.cli", "serve", ckpt, "--port", str(port), "--device", device]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, "/readyz", "server")
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
+    return proc, url
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, path: str, name: str) -> None:
+    """Poll `url + path` until it answers 200; RuntimeError if `proc` exits first or 300 s pass (then killed)."""
     deadline = time.time() + 300
     while time.time() < deadline:
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, url
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
+            raise RuntimeError(f"{name} exited with {proc.returncode} before it was ready")
         time.sleep(0.5)
     proc.kill()
-    raise SystemExit("server not ready in 300 s")
+    raise RuntimeError(f"{name} not ready in 300 s")
 
 
 async def _client(
