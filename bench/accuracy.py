@@ -66,17 +66,28 @@ def main() -> None:
     args = p.parse_args()
     steps = 20 if args.quick else int(DEFAULT_FLAGS["max_steps"])
     lr, batch = float(DEFAULT_FLAGS["learning_rate"]), int(DEFAULT_FLAGS["per_device_train_batch_size"])
-    m, d = resolve_defaults(ModelArguments(), DataArguments(max_seq_length=64, max_eval_samples=200 if args.quick
-                                                            else None))  # fmt: skip
+    m, d = resolve_defaults(
+        ModelArguments(), DataArguments(max_seq_length=64, max_eval_samples=200 if args.quick else None)
+    )
     s = setup(m, d, SparsityArguments())
     levels = [round(i / 10, 1) for i in range(10)]
     out = Path(args.out)
     if args.checkpoint:
         ofa_model = dynsparse.load(args.checkpoint, device=args.device)
     else:
-        ckpt = run_training(m, d, SparsityArguments(), TrainArguments(
-            output_dir=str(out / "ofa-run"), max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch,
-            overwrite_output_dir=True, device=args.device))  # fmt: skip
+        ckpt = run_training(
+            m,
+            d,
+            SparsityArguments(),
+            TrainArguments(
+                output_dir=str(out / "ofa-run"),
+                max_steps=steps,
+                learning_rate=lr,
+                per_device_train_batch_size=batch,
+                overwrite_output_dir=True,
+                device=args.device,
+            ),
+        )
         ofa_model = dynsparse.load(str(ckpt), device=args.device)
     ofa = accuracy_at(ofa_model, s.eval_ds, sorted({*levels, *PRUNED_LEVELS}))
     baselines: dict[float, float] = {}
@@ -88,9 +99,14 @@ def main() -> None:
         baselines[sparsity] = accuracy_at(model, s.eval_ds, [sparsity])[sparsity]
         print(f"fine-tuned at {sparsity}: {baselines[sparsity]}  dynsparse: {ofa[sparsity]}", flush=True)
     margins = {x: round(ofa[x] - baselines[x], 2) for x in PRUNED_LEVELS}
-    summary = {"dense_minus_finetune": round(ofa[0.0] - baselines[0.0], 2),
-               "min_margin_vs_pruned": min(margins.values()), "margins": margins, "steps_each": steps,
-               "device": device_name(args.device), "eval_examples": len(s.eval_ds)}  # fmt: skip
+    summary = {
+        "dense_minus_finetune": round(ofa[0.0] - baselines[0.0], 2),
+        "min_margin_vs_pruned": min(margins.values()),
+        "margins": margins,
+        "steps_each": steps,
+        "device": device_name(args.device),
+        "eval_examples": len(s.eval_ds),
+    }
     doc = {"summary": summary, "dynsparse": ofa, "finetuned": baselines, "quick": args.quick}
     write_result(out, "accuracy", json.loads(json.dumps(doc)))
     pyplot = plt()

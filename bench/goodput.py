@@ -65,8 +65,18 @@ def onnx_model_dir(venv: Path, model: str, cache: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     # --library transformers: the sentence-transformers export names its outputs differently from what
     # Infinity's optimum engine reads (`last_hidden_state`)
-    cmd = [str(venv / "bin" / "optimum-cli"), "export", "onnx", "--model", model, "--task", "feature-extraction",
-           "--library", "transformers", str(tmp)]  # fmt: skip
+    cmd = [
+        str(venv / "bin" / "optimum-cli"),
+        "export",
+        "onnx",
+        "--model",
+        model,
+        "--task",
+        "feature-extraction",
+        "--library",
+        "transformers",
+        str(tmp),
+    ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_offline())
     for extra in ("modules.json", "sentence_bert_config.json", "1_Pooling"):  # its pooling config, as upstream
         src = Path(model) / extra
@@ -79,8 +89,14 @@ def onnx_model_dir(venv: Path, model: str, cache: Path) -> Path:
 
 
 def _offline() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0",
-            "DO_NOT_TRACK": "1", "PYTHONPATH": ""}  # fmt: skip
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "INFINITY_ANONYMOUS_USAGE_STATS": "0",
+        "DO_NOT_TRACK": "1",
+        "PYTHONPATH": "",
+    }
 
 
 @contextmanager
@@ -89,8 +105,24 @@ def infinity(venv: Path, engine: str, model_dir: Path) -> Iterator[str]:
     port = _free_port()
     # the model as "." from inside its folder: Infinity 0.0.78 hands optimum the ONNX file's path joined to the
     # model path, which optimum-onnx 0.1.0 then looks for *inside* the model folder (an absolute path never matches)
-    cmd = [str(venv / "bin" / "infinity_emb"), "v2", "--model-id", ".", "--served-model-name", "minilm", "--engine",
-           engine, "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        str(venv / "bin" / "infinity_emb"),
+        "v2",
+        "--model-id",
+        ".",
+        "--served-model-name",
+        "minilm",
+        "--engine",
+        engine,
+        "--device",
+        "cpu",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, cwd=model_dir, env=_offline(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -119,8 +151,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
-async def _one(session: aiohttp.ClientSession, path: str, body: dict[str, Any], at: float, slo_s: float,
-               out: list[dict[str, Any]]) -> None:  # fmt: skip
+async def _one(
+    session: aiohttp.ClientSession, path: str, body: dict[str, Any], at: float, slo_s: float, out: list[dict[str, Any]]
+) -> None:
     await asyncio.sleep(max(0.0, at - time.perf_counter()))
     status, sparsity = 0, None
     try:
@@ -134,8 +167,9 @@ async def _one(session: aiohttp.ClientSession, path: str, body: dict[str, Any], 
     out.append({"ok": status == 200, "ms": ms, "met": status == 200 and ms <= slo_s * 1000, "sparsity": sparsity})
 
 
-def run_rate(url: str, path: str, bodies: list[dict[str, Any]], rate: float, seconds: float,
-             slo_ms: float) -> dict[str, Any]:  # fmt: skip
+def run_rate(
+    url: str, path: str, bodies: list[dict[str, Any]], rate: float, seconds: float, slo_ms: float
+) -> dict[str, Any]:
     """Poisson arrivals at `rate` per second for `seconds`; one row of results."""
     rng = random.Random(int(rate * 1000))
     gaps = [rng.expovariate(rate) for _ in range(int(rate * seconds * 2) + 10)]
@@ -153,24 +187,32 @@ def run_rate(url: str, path: str, bodies: list[dict[str, Any]], rate: float, sec
                 at += gap
                 if at > seconds:
                     break
-                tasks.append(asyncio.ensure_future(_one(s, path, bodies[i % len(bodies)], t0 + at, slo_ms / 1000,
-                                                        results)))  # fmt: skip
+                tasks.append(
+                    asyncio.ensure_future(_one(s, path, bodies[i % len(bodies)], t0 + at, slo_ms / 1000, results))
+                )
             await asyncio.gather(*tasks)
 
     asyncio.run(main())
     ms = sorted(r["ms"] for r in results if r["ok"])
     met = sum(r["met"] for r in results)
     served = [r["sparsity"] for r in results if r["sparsity"] is not None]
-    row = {"rate": rate, "requests": len(results), "errors": sum(not r["ok"] for r in results),
-           "slo_attainment": round(met / max(len(results), 1), 4), "goodput_rps": round(met / seconds, 2),
-           "p50_ms": _pct(ms, 50), "p99_ms": _pct(ms, 99),
-           "mean_sparsity": round(statistics.mean(served), 3) if served else None}  # fmt: skip
+    row = {
+        "rate": rate,
+        "requests": len(results),
+        "errors": sum(not r["ok"] for r in results),
+        "slo_attainment": round(met / max(len(results), 1), 4),
+        "goodput_rps": round(met / seconds, 2),
+        "p50_ms": _pct(ms, 50),
+        "p99_ms": _pct(ms, 99),
+        "mean_sparsity": round(statistics.mean(served), 3) if served else None,
+    }
     print(row, flush=True)
     return row
 
 
-def sweep(url: str, path: str, bodies: list[dict[str, Any]], rates: list[float], seconds: float,
-          slo_ms: float) -> list[dict[str, Any]]:  # fmt: skip
+def sweep(
+    url: str, path: str, bodies: list[dict[str, Any]], rates: list[float], seconds: float, slo_ms: float
+) -> list[dict[str, Any]]:
     run_rate(url, path, bodies[:20], rates[0], 2.0, slo_ms)  # warm-up, not recorded
     rows = []
     for rate in rates:
@@ -215,11 +257,13 @@ def run_contenders(args: Any, ckpt: str, rates: list[float], seconds: float) -> 
     for engine in ("torch", "optimum"):
         name = f"infinity {engine}"
         try:
-            model_dir = Path(default_model_path()) if engine == "torch" else onnx_model_dir(venv, default_model_path(),
-                                                                                              cache)  # fmt: skip
+            model_dir = (
+                Path(default_model_path()) if engine == "torch" else onnx_model_dir(venv, default_model_path(), cache)
+            )
             with infinity(venv, engine, model_dir) as url:
-                rows[name] = sweep(url, "/embeddings", _bodies(texts, "infinity", args.slo_ms), rates, seconds,
-                                   args.slo_ms)  # fmt: skip
+                rows[name] = sweep(
+                    url, "/embeddings", _bodies(texts, "infinity", args.slo_ms), rates, seconds, args.slo_ms
+                )
         except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
             skipped[name] = f"{type(e).__name__}: {e}"
             print(f"skipped {name}: {skipped[name]}", flush=True)
@@ -245,8 +289,12 @@ def plot(rows: dict[str, list[dict[str, Any]]], slo_ms: float, out: Path, title:
         a3.plot(x, [r["p99_ms"] or float("nan") for r in rs], "o-", label=name)
     a1.axhline(ATTAINED, color="grey", lw=0.8)
     a1.set_ylabel(f"share within {slo_ms:g} ms")
-    a2.plot([0, max(r["rate"] for rs in rows.values() for r in rs)], [0, max(r["rate"] for rs in rows.values()
-                                                                            for r in rs)], "k:", lw=0.8)  # fmt: skip
+    a2.plot(
+        [0, max(r["rate"] for rs in rows.values() for r in rs)],
+        [0, max(r["rate"] for rs in rows.values() for r in rs)],
+        "k:",
+        lw=0.8,
+    )
     a2.set_ylabel("goodput (requests within SLO / s)")
     a3.axhline(slo_ms, color="grey", lw=0.8)
     a3.set_ylabel("client p99 (ms)")
@@ -264,8 +312,11 @@ def main() -> None:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--slo_ms", type=float, default=50.0)
     p.add_argument("--infinity_venv", default="/work/venvs/infinity")
-    p.add_argument("--cache_dir", default=str(Path.home() / ".cache" / "dynsparse" / "bench"),
-                   help="where the ONNX export for Infinity's optimum engine is kept")  # fmt: skip
+    p.add_argument(
+        "--cache_dir",
+        default=str(Path.home() / ".cache" / "dynsparse" / "bench"),
+        help="where the ONNX export for Infinity's optimum engine is kept",
+    )
     args = p.parse_args()
     if args.device != "cpu":
         raise SystemExit("bench/goodput.py runs its servers on the CPU: use --device cpu")
@@ -278,13 +329,21 @@ def main() -> None:
     peers = {n: v for n, v in best.items() if n.startswith("infinity")}
     ours = best["dynsparse latency_budget_ms=SLO"]
     peer = max(peers.values()) if peers else None
-    summary = {"goodput_ratio_vs_peer": round(ours / peer, 2) if peer else None,
-               "sustained_rate_at_99": best, "slo_ms": args.slo_ms, "best_peer": max(peers, key=peers.__getitem__)
-               if peers else None, "skipped": skipped, "device": device,
-               "infinity_emb": infinity_version(Path(args.infinity_venv))}  # fmt: skip
+    summary = {
+        "goodput_ratio_vs_peer": round(ours / peer, 2) if peer else None,
+        "sustained_rate_at_99": best,
+        "slo_ms": args.slo_ms,
+        "best_peer": max(peers, key=peers.__getitem__) if peers else None,
+        "skipped": skipped,
+        "device": device,
+        "infinity_emb": infinity_version(Path(args.infinity_venv)),
+    }
     out = Path(args.out)
-    write_result(out, "goodput", {"summary": summary, "rows": rows, "rates": rates, "seconds_per_rate": seconds,
-                                  "quick": args.quick})  # fmt: skip
+    write_result(
+        out,
+        "goodput",
+        {"summary": summary, "rows": rows, "rates": rates, "seconds_per_rate": seconds, "quick": args.quick},
+    )
     plot(rows, args.slo_ms, out, f"all-MiniLM-L6-v2, one sentence per request, SLO {args.slo_ms:g} ms ({device})")
 
 

@@ -27,9 +27,16 @@ def pruned_copy(model: ElasticModel, structure: Structure) -> torch.nn.Module:
     from transformers import BertConfig, BertModel
 
     s = model.shape
-    cfg = BertConfig(vocab_size=s.vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
-                     num_attention_heads=s.heads, intermediate_size=s.intermediate,
-                     max_position_embeddings=s.max_positions, type_vocab_size=max(s.type_vocab, 1), hidden_act=s.act)
+    cfg = BertConfig(
+        vocab_size=s.vocab_size,
+        hidden_size=s.hidden,
+        num_hidden_layers=s.layers,
+        num_attention_heads=s.heads,
+        intermediate_size=s.intermediate,
+        max_position_embeddings=s.max_positions,
+        type_vocab_size=max(s.type_vocab, 1),
+        hidden_act=s.act,
+    )
     hf = BertModel(cfg, add_pooling_layer=False).to(next(model.parameters()).device).eval()
     for layer, (h, n) in zip(hf.encoder.layer, structure, strict=True):
         keep_a = torch.arange(h * s.head_dim, device=hf.device)
@@ -44,8 +51,9 @@ def pruned_copy(model: ElasticModel, structure: Structure) -> torch.nn.Module:
     return hf
 
 
-def measure(model: ElasticModel, levels: list[float], batch: int, seq: int, device: str, baselines: bool,
-            repeats: int = 7) -> list[dict]:  # fmt: skip
+def measure(
+    model: ElasticModel, levels: list[float], batch: int, seq: int, device: str, baselines: bool, repeats: int = 7
+) -> list[dict]:
     ids = torch.randint(5, model.shape.vocab_size, (batch, seq), device=device)
     mask = torch.ones_like(ids)
     full = ((model.shape.heads, model.shape.intermediate),) * model.shape.layers
@@ -57,29 +65,42 @@ def measure(model: ElasticModel, levels: list[float], batch: int, seq: int, devi
     for s in levels:
         st = model.structure(s)
         # each level is timed alternately with the dense model, so the ratio is measured under the same load
-        dense_ms, ours_ms = paired_ms(dense, lambda s=s: model(input_ids=ids, attention_mask=mask, sparsity=s), device,
-                                      repeats)  # fmt: skip
-        row = {"sparsity": s, "batch": batch, "seq_len": seq, "dense_ms": round(dense_ms, 3),
-               "ideal_speedup": round(flops(model.shape, full, seq) / flops(model.shape, st, seq), 3),
-               "dynsparse_ms": round(ours_ms, 3), "dynsparse_speedup": round(dense_ms / ours_ms, 3)}  # fmt: skip
+        dense_ms, ours_ms = paired_ms(
+            dense, lambda s=s: model(input_ids=ids, attention_mask=mask, sparsity=s), device, repeats
+        )
+        row = {
+            "sparsity": s,
+            "batch": batch,
+            "seq_len": seq,
+            "dense_ms": round(dense_ms, 3),
+            "ideal_speedup": round(flops(model.shape, full, seq) / flops(model.shape, st, seq), 3),
+            "dynsparse_ms": round(ours_ms, 3),
+            "dynsparse_speedup": round(dense_ms / ours_ms, 3),
+        }
         if baselines:
             row.update(_baselines(model, dense, st, ids, mask, device))
         rows.append(row)
     return rows
 
 
-def _baselines(model: ElasticModel, dense: Callable[[], object], st: Structure, ids: torch.Tensor, mask: torch.Tensor,
-               device: str) -> dict[str, float]:  # fmt: skip
+def _baselines(
+    model: ElasticModel, dense: Callable[[], object], st: Structure, ids: torch.Tensor, mask: torch.Tensor, device: str
+) -> dict[str, float]:
     """Masking (full-size matmuls, zeroed units) and a physically pruned transformers model, each vs dense."""
     full = ((model.shape.heads, model.shape.intermediate),) * model.shape.layers
     dtype = next(model.parameters()).dtype
     hm, nm = (m.to(device, dtype) for m in prefix_masks(st, model.shape.heads, model.shape.intermediate))
-    d1, masked = paired_ms(dense, lambda: model(input_ids=ids, attention_mask=mask, structure=full, head_mask=hm,
-                                                neuron_mask=nm), device)  # fmt: skip
+    d1, masked = paired_ms(
+        dense, lambda: model(input_ids=ids, attention_mask=mask, structure=full, head_mask=hm, neuron_mask=nm), device
+    )
     pruned = pruned_copy(model, st)
     d2, pruned_ms = paired_ms(dense, lambda: pruned(input_ids=ids, attention_mask=mask), device)
-    return {"masked_ms": round(masked, 3), "masked_speedup": round(d1 / masked, 3),
-            "pruned_hf_ms": round(pruned_ms, 3), "pruned_hf_speedup": round(d2 / pruned_ms, 3)}  # fmt: skip
+    return {
+        "masked_ms": round(masked, 3),
+        "masked_speedup": round(d1 / masked, 3),
+        "pruned_hf_ms": round(pruned_ms, 3),
+        "pruned_hf_speedup": round(d2 / pruned_ms, 3),
+    }
 
 
 def plot(rows: list[dict], out: Path, title: str) -> None:
@@ -119,11 +140,14 @@ def main() -> None:
     ref = next(r for r in rows if r["sparsity"] == 0.5 and r["batch"] == 8 and r["seq_len"] == 128)
     out = Path(args.out)
     name = model.meta.get("base_model", "model")
-    summary = {"fraction_of_ideal": round(ref["dynsparse_speedup"] / ref["ideal_speedup"], 3),
-               "speedup_at_0.5_b8_t128": ref["dynsparse_speedup"], "ideal_at_0.5_b8_t128": ref["ideal_speedup"],
-               "pruned_hf_speedup_at_0.5_b8_t128": ref.get("pruned_hf_speedup"),
-               "masked_speedup_at_0.5_b8_t128": ref.get("masked_speedup"),
-               "device": device_name(args.device)}  # fmt: skip
+    summary = {
+        "fraction_of_ideal": round(ref["dynsparse_speedup"] / ref["ideal_speedup"], 3),
+        "speedup_at_0.5_b8_t128": ref["dynsparse_speedup"],
+        "ideal_at_0.5_b8_t128": ref["ideal_speedup"],
+        "pruned_hf_speedup_at_0.5_b8_t128": ref.get("pruned_hf_speedup"),
+        "masked_speedup_at_0.5_b8_t128": ref.get("masked_speedup"),
+        "device": device_name(args.device),
+    }
     write_result(out, "latency", {"summary": summary, "rows": rows, "model": str(name), "quick": args.quick})
     plot(rows, out, f"{Path(str(name)).name} on {summary['device']}: batch 8 x 128 tokens")
 

@@ -86,9 +86,16 @@ def export_dense_onnx(hf: torch.nn.Module, out: Path) -> Path:
     axes = {0: "batch", 1: "seq"}
     dynamic = {"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes}
     with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(_Hidden(hf).eval(), (ids, torch.ones_like(ids)), str(out), opset_version=18, dynamo=False,
-                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                          dynamic_axes=dynamic)  # fmt: skip
+        torch.onnx.export(
+            _Hidden(hf).eval(),
+            (ids, torch.ones_like(ids)),
+            str(out),
+            opset_version=18,
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes=dynamic,
+        )
     return out
 
 
@@ -132,8 +139,9 @@ def compare(ref: np.ndarray, got: np.ndarray, logits: bool) -> dict[str, float]:
     return q
 
 
-def build_contenders(model: ElasticModel, auto: torch.dtype, levels: list[float], work: Path,
-                     int8: bool) -> tuple[dict[str, dict[str, Any]], list[str]]:  # fmt: skip
+def build_contenders(
+    model: ElasticModel, auto: torch.dtype, levels: list[float], work: Path, int8: bool
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """{name: {"level", "group", "run", "logits"}}: every contender, built once; and the errors of those that failed."""
     from transformers import AutoModel
 
@@ -234,18 +242,24 @@ def quality(model: ElasticModel, contenders: dict[str, dict[str, Any]], texts: l
     ids, mask = enc["input_ids"], enc["attention_mask"]
     with torch.inference_mode():
         ref_pooled = mean_pool(model.encode(ids, mask, sparsity=0.0).numpy(), mask.numpy())
-        ref_logits = {s: model(input_ids=ids, attention_mask=mask, sparsity=s).logits.numpy()
-                      for s in {c["level"] for c in contenders.values()}}  # fmt: skip
+        ref_logits = {
+            s: model(input_ids=ids, attention_mask=mask, sparsity=s).logits.numpy()
+            for s in {c["level"] for c in contenders.values()}
+        }
     q = {}
     for name, c in contenders.items():
         got = c["run"](ids, mask)
-        q[name] = (compare(ref_logits[c["level"]], got, True) if c["logits"]
-                   else compare(ref_pooled, mean_pool(got, mask.numpy()), False))  # fmt: skip
+        q[name] = (
+            compare(ref_logits[c["level"]], got, True)
+            if c["logits"]
+            else compare(ref_pooled, mean_pool(got, mask.numpy()), False)
+        )
     return q
 
 
-def time_shape(contenders: dict[str, dict[str, Any]], batch: int, seq: int, vocab: int,
-               rounds: int) -> dict[str, float]:  # fmt: skip
+def time_shape(
+    contenders: dict[str, dict[str, Any]], batch: int, seq: int, vocab: int, rounds: int
+) -> dict[str, float]:
     """Median ms per call of every contender, interleaved: each round calls each contender once."""
     ids = torch.randint(5, vocab, (batch, seq))
     mask = torch.ones_like(ids)
@@ -269,8 +283,10 @@ def summarise(rows: list[dict[str, Any]], ours: str) -> dict[str, Any]:
         r["best_peer"], r["ratio_vs_best_peer"] = best, round(r["ms"][ours] / peers[best], 3)
         ratios.append(r)
     worst = max(ratios, key=lambda r: r["ratio_vs_best_peer"])
-    return {"worst_ratio_vs_best_peer": worst["ratio_vs_best_peer"],
-            "worst_at": {k: worst[k] for k in ("batch", "seq_len", "sparsity", "best_peer")}}  # fmt: skip
+    return {
+        "worst_ratio_vs_best_peer": worst["ratio_vs_best_peer"],
+        "worst_at": {k: worst[k] for k in ("batch", "seq_len", "sparsity", "best_peer")},
+    }
 
 
 def plot(rows: list[dict[str, Any]], groups: list[str], out: Path, title: str) -> None:
@@ -301,8 +317,12 @@ def versions() -> dict[str, str]:
     import openvino
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()}  # fmt: skip
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.get_version(),
+    }
 
 
 def main() -> None:
@@ -328,14 +348,37 @@ def main() -> None:
                 ms_s = {c["group"]: ms[n] for n, c in contenders.items() if c["level"] == s}
                 rows.append({"batch": b, "seq_len": t, "sparsity": s, "ms": ms_s})
     ours = f"dynsparse {_name(auto)}" if auto != torch.float32 else "dynsparse fp32"
-    summary = {**summarise(rows, ours), "ours": ours, "auto_dtype": _name(auto), "threads": THREADS,
-               "device": device_name("cpu"), "openvino_default_precision": _ov_default(), **versions()}  # fmt: skip
+    summary = {
+        **summarise(rows, ours),
+        "ours": ours,
+        "auto_dtype": _name(auto),
+        "threads": THREADS,
+        "device": device_name("cpu"),
+        "openvino_default_precision": _ov_default(),
+        **versions(),
+    }
     out = Path(args.out)
-    write_result(out, "peers", {"summary": summary, "rows": rows, "quality": q, "errors": errors,
-                                "levels": levels, "rounds": rounds, "quick": args.quick})  # fmt: skip
+    write_result(
+        out,
+        "peers",
+        {
+            "summary": summary,
+            "rows": rows,
+            "quality": q,
+            "errors": errors,
+            "levels": levels,
+            "rounds": rounds,
+            "quick": args.quick,
+        },
+    )
     groups = list(dict.fromkeys(c["group"] for c in contenders.values()))
-    plot(rows, groups, out, f"MiniLM-L6 on {summary['device']}, "
-         f"{THREADS} threads each; OpenVINO default = {summary['openvino_default_precision']}")  # fmt: skip
+    plot(
+        rows,
+        groups,
+        out,
+        f"MiniLM-L6 on {summary['device']}, "
+        f"{THREADS} threads each; OpenVINO default = {summary['openvino_default_precision']}",
+    )
 
 
 def _ov_default() -> str:

@@ -71,8 +71,14 @@ def interleaved_ms(fns: dict[str, Any], rounds: int) -> dict[str, float]:
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
-def quality_rows(model: ElasticModel, dtypes: list[torch.dtype], levels: list[float], texts: list[str],
-                 labels: list[int] | None, rounds: int) -> list[dict[str, Any]]:  # fmt: skip
+def quality_rows(
+    model: ElasticModel,
+    dtypes: list[torch.dtype],
+    levels: list[float],
+    texts: list[str],
+    labels: list[int] | None,
+    rounds: int,
+) -> list[dict[str, Any]]:
     low = {d: cast_model(copy.deepcopy(model), d) for d in dtypes}  # one cast each: every size stays a view
     ids = torch.randint(5, model.shape.vocab_size, (8, 128))
     mask = torch.ones_like(ids)
@@ -84,10 +90,15 @@ def quality_rows(model: ElasticModel, dtypes: list[torch.dtype], levels: list[fl
         ms = interleaved_ms(fns, rounds)
         for d, m in low.items():
             pred, pooled = outputs(m, texts, s)
-            row = {"sparsity": s, "dtype": _name(d), "agreement": round(float((pred == ref_pred).float().mean()), 4),
-                   "min_cosine": round(float(torch.nn.functional.cosine_similarity(pooled, ref_pooled).min()), 5),
-                   "ms_8x128": ms[_name(d)], "float32_ms_8x128": ms["float32"],
-                   "speedup": round(ms["float32"] / ms[_name(d)], 3)}  # fmt: skip
+            row = {
+                "sparsity": s,
+                "dtype": _name(d),
+                "agreement": round(float((pred == ref_pred).float().mean()), 4),
+                "min_cosine": round(float(torch.nn.functional.cosine_similarity(pooled, ref_pooled).min()), 5),
+                "ms_8x128": ms[_name(d)],
+                "float32_ms_8x128": ms["float32"],
+                "speedup": round(ms["float32"] / ms[_name(d)], 3),
+            }
             if labels is not None:
                 y = torch.tensor(labels)
                 row["accuracy"] = round(float((pred == y).float().mean()), 4)
@@ -97,14 +108,16 @@ def quality_rows(model: ElasticModel, dtypes: list[torch.dtype], levels: list[fl
     return rows
 
 
-def compile_rows(model: ElasticModel, levels: list[float], shapes: list[tuple[int, int]],
-                 rounds: int) -> list[dict[str, Any]]:  # fmt: skip
+def compile_rows(
+    model: ElasticModel, levels: list[float], shapes: list[tuple[int, int]], rounds: int
+) -> list[dict[str, Any]]:
     """torch.compile per size against eager: one compiled callable per level (its structure is a constant)."""
     rows = []
     for s in levels:
         st = model.structure(s)
-        compiled = torch.compile(lambda i, m, st=st: model(input_ids=i, attention_mask=m, structure=st).logits,
-                                 dynamic=False)  # fmt: skip
+        compiled = torch.compile(
+            lambda i, m, st=st: model(input_ids=i, attention_mask=m, structure=st).logits, dynamic=False
+        )
         for b, t in shapes:
             ids = torch.randint(5, model.shape.vocab_size, (b, t))
             mask = torch.ones_like(ids)
@@ -113,8 +126,15 @@ def compile_rows(model: ElasticModel, levels: list[float], shapes: list[tuple[in
             first = (time.perf_counter() - t0) * 1000
             eager = lambda i=ids, m=mask, st=st: model(input_ids=i, attention_mask=m, structure=st)  # noqa: E731
             ms = interleaved_ms({"eager": eager, "compiled": lambda i=ids, m=mask, c=compiled: c(i, m)}, rounds)
-            row = {"sparsity": s, "batch": b, "seq_len": t, "eager_ms": ms["eager"], "compiled_ms": ms["compiled"],
-                   "speedup": round(ms["eager"] / ms["compiled"], 3), "compile_ms": round(first)}  # fmt: skip
+            row = {
+                "sparsity": s,
+                "batch": b,
+                "seq_len": t,
+                "eager_ms": ms["eager"],
+                "compiled_ms": ms["compiled"],
+                "speedup": round(ms["eager"] / ms["compiled"], 3),
+                "compile_ms": round(first),
+            }
             print(row, flush=True)
             rows.append(row)
     return rows
@@ -161,13 +181,17 @@ def main() -> None:
     rows = quality_rows(model, dtypes, levels, texts, labels, 3 if args.quick else 9)
     compiled = compile_rows(model, [0.0, 0.5], [(1, 16), (8, 128)], 5 if args.quick else 15) if args.compile else []
     drops = [r["float32_accuracy"] - r["accuracy"] for r in rows if "accuracy" in r]
-    summary = {"auto_dtype": _name(pick_dtype("auto", device)),
-               "accelerated": [_name(d) for d in accelerated_dtypes(device)],
-               "max_accuracy_drop": round(100 * max(drops), 2) if drops else None,
-               "min_agreement": min(r["agreement"] for r in rows), "min_cosine": min(r["min_cosine"] for r in rows),
-               "speedup_at_0": {r["dtype"]: r["speedup"] for r in rows if r["sparsity"] == 0.0},
-               "compile_speedup": {f"{r['batch']}x{r['seq_len']}@{r['sparsity']}": r["speedup"] for r in compiled},
-               "device": device_name(args.device), "examples": len(texts)}  # fmt: skip
+    summary = {
+        "auto_dtype": _name(pick_dtype("auto", device)),
+        "accelerated": [_name(d) for d in accelerated_dtypes(device)],
+        "max_accuracy_drop": round(100 * max(drops), 2) if drops else None,
+        "min_agreement": min(r["agreement"] for r in rows),
+        "min_cosine": min(r["min_cosine"] for r in rows),
+        "speedup_at_0": {r["dtype"]: r["speedup"] for r in rows if r["sparsity"] == 0.0},
+        "compile_speedup": {f"{r['batch']}x{r['seq_len']}@{r['sparsity']}": r["speedup"] for r in compiled},
+        "device": device_name(args.device),
+        "examples": len(texts),
+    }
     out = Path(args.out)
     write_result(out, "precision", {"summary": summary, "rows": rows, "compile": compiled, "quick": args.quick})
     plot(rows, out, f"reduced precision vs float32 on {summary['device']} ({len(texts)} validation texts)")

@@ -35,8 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import base_parser, device_name, plt, write_result  # noqa: E402
 
-WORDS = ("a gripping funny film with a terrible script and wonderful actors that never quite "
-         "lands its dull predictable ending but the score is moving").split()  # fmt: skip
+WORDS = (
+    "a gripping funny film with a terrible script and wonderful actors that never quite "
+    "lands its dull predictable ending but the score is moving"
+).split()
 
 
 def _free_port() -> int:
@@ -48,8 +50,13 @@ def _free_port() -> int:
 def start_server(ckpt: str, device: str, max_batch: int) -> tuple[subprocess.Popen[bytes], str]:
     """`dynsparse serve` in a subprocess; returns once /readyz answers 200."""
     port = _free_port()
-    env = {**os.environ, "DYNSPARSE_MAX_BATCH_SIZE": str(max_batch), "DYNSPARSE_QUEUE_LIMIT": "1024",
-           "DYNSPARSE_LOG_LEVEL": "warning", "DYNSPARSE_DEGRADE_AT": "null"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DYNSPARSE_MAX_BATCH_SIZE": str(max_batch),
+        "DYNSPARSE_QUEUE_LIMIT": "1024",
+        "DYNSPARSE_LOG_LEVEL": "warning",
+        "DYNSPARSE_DEGRADE_AT": "null",
+    }
     cmd = [sys.executable, "-m", "dynsparse.cli", "serve", ckpt, "--port", str(port), "--device", device]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -86,8 +93,15 @@ async def _client(
         async with session.post("/v1/classify", json=body) as r:
             data = await r.json() if r.status == 200 else {}
         ms = (time.perf_counter() - t0) * 1000
-        out.append({"status": r.status, "ms": ms, "budget": body.get("latency_budget_ms"),
-                    "server_budget_met": data.get("budget_met"), "sparsity": data.get("sparsity")})  # fmt: skip
+        out.append(
+            {
+                "status": r.status,
+                "ms": ms,
+                "budget": body.get("latency_budget_ms"),
+                "server_budget_met": data.get("budget_met"),
+                "sparsity": data.get("sparsity"),
+            }
+        )
 
 
 async def _get(session: aiohttp.ClientSession, path: str) -> None:
@@ -113,8 +127,10 @@ def run_load(url: str, clients: int, total: int, seconds: float, budget_ms: floa
     async def main() -> float:
         # clients are built and connected before the clock starts: their set-up would count as server latency.
         # aiohttp, not httpx: it spends 0.25 ms of CPU per request against 0.97 (measured), CPU the server shares
-        pool = [aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60),
-                                      connector=aiohttp.TCPConnector(limit=1)) for _ in range(clients)]  # fmt: skip
+        pool = [
+            aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=60), connector=aiohttp.TCPConnector(limit=1))
+            for _ in range(clients)
+        ]
         try:
             await asyncio.gather(*(_get(c, "/healthz") for c in pool))
             # nor may the load generator's own garbage collector pause it: a full collection over this process's
@@ -132,16 +148,26 @@ def run_load(url: str, clients: int, total: int, seconds: float, budget_ms: floa
     wall = asyncio.run(main())
     client_cpu = time.process_time() - cpu0  # the load generator's own CPU: it shares the machine with the server
     ok = sorted(r["ms"] for r in results if r["status"] == 200)
-    row = {"clients": clients, "requests": len(results), "ok": len(ok), "seconds": round(wall, 2),
-           "throughput_rps": round(len(ok) / wall, 2), "p50_ms": _pct(ok, 50), "p95_ms": _pct(ok, 95),
-           "p99_ms": _pct(ok, 99), "errors": len(results) - len(ok),
-           "client_cpu_cores": round(client_cpu / wall, 2)}  # fmt: skip
+    row = {
+        "clients": clients,
+        "requests": len(results),
+        "ok": len(ok),
+        "seconds": round(wall, 2),
+        "throughput_rps": round(len(ok) / wall, 2),
+        "p50_ms": _pct(ok, 50),
+        "p95_ms": _pct(ok, 95),
+        "p99_ms": _pct(ok, 99),
+        "errors": len(results) - len(ok),
+        "client_cpu_cores": round(client_cpu / wall, 2),
+    }
     if budget_ms:
         row["budget_ms"] = budget_ms
-        row["budget_met_fraction"] = round(sum(r["ms"] <= budget_ms for r in results if r["status"] == 200)
-                                           / max(len(results), 1), 4)  # fmt: skip
-        row["server_budget_met_fraction"] = round(sum(bool(r["server_budget_met"]) for r in results)
-                                                  / max(len(results), 1), 4)  # fmt: skip
+        row["budget_met_fraction"] = round(
+            sum(r["ms"] <= budget_ms for r in results if r["status"] == 200) / max(len(results), 1), 4
+        )
+        row["server_budget_met_fraction"] = round(
+            sum(bool(r["server_budget_met"]) for r in results) / max(len(results), 1), 4
+        )
         row["mean_sparsity"] = round(statistics.mean(r["sparsity"] for r in results if r["sparsity"] is not None), 3)
     print(row, flush=True)
     return row
@@ -189,9 +215,13 @@ def engine_ceiling(ckpt: str, device: str, rows_per_batch: int, n: int) -> dict[
             fn()
             times[name].append((time.perf_counter() - t0) * 1000 / n)
     ms = {k: round(statistics.median(v), 3) for k, v in times.items()}
-    row = {"rows_per_batch": rows_per_batch, "threads": torch.get_num_threads(),
-           "one_at_a_time_ms": ms["one_at_a_time"], "batched_ms": ms["batched"],
-           "ratio": round(ms["one_at_a_time"] / ms["batched"], 2)}  # fmt: skip
+    row = {
+        "rows_per_batch": rows_per_batch,
+        "threads": torch.get_num_threads(),
+        "one_at_a_time_ms": ms["one_at_a_time"],
+        "batched_ms": ms["batched"],
+        "ratio": round(ms["one_at_a_time"] / ms["batched"], 2),
+    }
     print({"engine": row}, flush=True)
     return row
 
@@ -234,15 +264,23 @@ def main() -> None:
     s32 = next(r for r in rows["one_at_a_time"] if r["clients"] == 32)
     one_x = next(r for r in budget_rows if r["budget_factor"] == 1)
     engine = engine_ceiling(args.model, args.device, max(1, round(b32["mean_batch_rows"])), 64 if args.quick else 256)
-    summary = {"batching_throughput_ratio_32": round(b32["throughput_rps"] / max(s32["throughput_rps"], 1e-9), 2),
-               "budget_met_fraction": one_x["budget_met_fraction"], "budget_ms": one_x["budget_ms"],
-               "budget_met_by_budget": {str(r["budget_ms"]): r["budget_met_fraction"] for r in budget_rows},
-               "smallest_budget_factor_met_99": next((r["budget_factor"] for r in budget_rows
-                                                      if r["budget_met_fraction"] >= 0.99), None),
-               "engine_batching_ratio": engine["ratio"], "device": device}  # fmt: skip
+    summary = {
+        "batching_throughput_ratio_32": round(b32["throughput_rps"] / max(s32["throughput_rps"], 1e-9), 2),
+        "budget_met_fraction": one_x["budget_met_fraction"],
+        "budget_ms": one_x["budget_ms"],
+        "budget_met_by_budget": {str(r["budget_ms"]): r["budget_met_fraction"] for r in budget_rows},
+        "smallest_budget_factor_met_99": next(
+            (r["budget_factor"] for r in budget_rows if r["budget_met_fraction"] >= 0.99), None
+        ),
+        "engine_batching_ratio": engine["ratio"],
+        "device": device,
+    }
     out = Path(args.out)
-    write_result(out, "serve_load", {"summary": summary, "rows": rows, "budgets": budget_rows, "engine": engine,
-                                     "quick": args.quick})  # fmt: skip
+    write_result(
+        out,
+        "serve_load",
+        {"summary": summary, "rows": rows, "budgets": budget_rows, "engine": engine, "quick": args.quick},
+    )
     pyplot = plt()
     fig, (a1, a2, a3) = pyplot.subplots(1, 3, figsize=(14, 4), dpi=120)
     for mode, rs in rows.items():

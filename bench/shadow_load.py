@@ -80,8 +80,9 @@ def _metric(url: str, line_start: str) -> float:
     return 0.0
 
 
-def _summary(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict[str, Any],
-             compared: float) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict[str, Any], compared: float
+) -> dict[str, Any]:
     out: dict[str, Any] = {"shadow_compared": compared, "agreement_measure": sizes.get("agreement_measure")}
     for c in clients:
         for q in ("p50_ms", "p99_ms"):
@@ -89,9 +90,15 @@ def _summary(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: d
             off = statistics.median(r[q] for r in rows["off"] if r["clients"] == c and r[q] is not None)
             out[f"{q.removesuffix('_ms')}_ratio_on_off_{c}"] = round(on / off, 3)
     key = f"shadow_{sizes.get('agreement_measure')}"
-    out["agreement"] = {str(lv["sparsity"]): {"shadow": lv.get(key), "samples": lv.get("shadow_samples"),
-                                              "offline": lv.get("agreement_offline"), sizes.get("metric") or "metric":
-                                              lv.get(sizes.get("metric") or "")} for lv in sizes["levels"]}  # fmt: skip
+    out["agreement"] = {
+        str(lv["sparsity"]): {
+            "shadow": lv.get(key),
+            "samples": lv.get("shadow_samples"),
+            "offline": lv.get("agreement_offline"),
+            sizes.get("metric") or "metric": lv.get(sizes.get("metric") or ""),
+        }
+        for lv in sizes["levels"]
+    }
     return out
 
 
@@ -103,19 +110,35 @@ def _plot(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict
         for j, q in enumerate(("p50_ms", "p99_ms")):
             vals = [statistics.median(r[q] for r in rows[mode] if r["clients"] == c) for c in clients]
             xs = [i * 2 + j + (k - 0.5) * width for i in range(len(clients))]
-            ax.bar(xs, vals, width, label=f"{q[:3]} shadow {mode}", alpha=1.0 if mode == "on" else 0.5,
-                   color="tab:blue" if j == 0 else "tab:red")  # fmt: skip
+            ax.bar(
+                xs,
+                vals,
+                width,
+                label=f"{q[:3]} shadow {mode}",
+                alpha=1.0 if mode == "on" else 0.5,
+                color="tab:blue" if j == 0 else "tab:red",
+            )
     ax.set_xticks([i * 2 + 0.5 for i in range(len(clients))], [f"{c} clients" for c in clients])
     ax.set_ylabel("client latency (ms)")
     ax.legend(fontsize=7)
     key = f"shadow_{sizes.get('agreement_measure')}"
     levels = sizes["levels"]
     shadow = [lv for lv in levels if isinstance(lv.get(key), float | int)]
-    bx.plot([lv["sparsity"] for lv in shadow], [lv[key] for lv in shadow], "o-", color="tab:green",
-            label=f"agreement with dense ({sizes.get('agreement_measure')}, shadow)")  # fmt: skip
+    bx.plot(
+        [lv["sparsity"] for lv in shadow],
+        [lv[key] for lv in shadow],
+        "o-",
+        color="tab:green",
+        label=f"agreement with dense ({sizes.get('agreement_measure')}, shadow)",
+    )
     offline = [lv for lv in levels if lv.get("agreement_offline") is not None]
-    bx.plot([lv["sparsity"] for lv in offline], [lv["agreement_offline"] for lv in offline], "s--", color="tab:blue",
-            label=f"offline {sizes.get('metric')} relative to dense")  # fmt: skip
+    bx.plot(
+        [lv["sparsity"] for lv in offline],
+        [lv["agreement_offline"] for lv in offline],
+        "s--",
+        color="tab:blue",
+        label=f"offline {sizes.get('metric')} relative to dense",
+    )
     bx.set_xlabel("sparsity")
     bx.legend(fontsize=7)
     bx.grid(alpha=0.3)

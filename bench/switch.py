@@ -38,10 +38,15 @@ def live_views_bytes(model: ElasticModel, levels: list[float]) -> int:
     for s in levels:
         for layer, (h, n) in zip(model.layers, model.structure(s), strict=True):
             a = h * model.shape.head_dim
-            views += [layer.q_weight[:a], layer.attn_out_weight_t[:a], layer.ffn_in_weight[:n],
-                      layer.ffn_out_weight_t[:n]]
+            views += [
+                layer.q_weight[:a],
+                layer.attn_out_weight_t[:a],
+                layer.ffn_in_weight[:n],
+                layer.ffn_out_weight_t[:n],
+            ]
     extra = {v.untyped_storage().data_ptr() for v in views} - {
-        p.untyped_storage().data_ptr() for p in model.parameters()}  # fmt: skip
+        p.untyped_storage().data_ptr() for p in model.parameters()
+    }
     return storage_bytes([model]) + len(extra)  # len(extra) is 0 when no view copied anything
 
 
@@ -61,22 +66,36 @@ def main() -> None:
             model(input_ids=ids, sparsity=size)
 
     # same work, different order: 3 size switches vs 1, timed alternately so noise hits both alike
-    switching, grouped = paired_ms(lambda: run((0.0, 0.9, 0.0, 0.9)), lambda: run((0.0, 0.0, 0.9, 0.9)), args.device,
-                                   repeats=30)  # fmt: skip
+    switching, grouped = paired_ms(
+        lambda: run((0.0, 0.9, 0.0, 0.9)), lambda: run((0.0, 0.0, 0.9, 0.9)), args.device, repeats=30
+    )
     switch_ms = (switching - grouped) / 2
     moved = ptrs != {n: p.data_ptr() for n, p in model.named_parameters()}
-    summary = {"memory_ratio_all_levels": round(ours / dense, 4), "per_level_models_ratio": round(per_level / dense, 3),
-               "switch_ms": round(switch_ms, 4), "weights_copied_on_switch": moved, "levels": len(levels),
-               "device": device_name(args.device)}  # fmt: skip
-    doc = {"summary": summary, "dense_bytes": dense, "dynsparse_all_levels_bytes": ours,
-           "pruned_models_all_levels_bytes": per_level, "four_requests_switching_ms": switching,
-           "four_requests_grouped_ms": grouped}  # fmt: skip
+    summary = {
+        "memory_ratio_all_levels": round(ours / dense, 4),
+        "per_level_models_ratio": round(per_level / dense, 3),
+        "switch_ms": round(switch_ms, 4),
+        "weights_copied_on_switch": moved,
+        "levels": len(levels),
+        "device": device_name(args.device),
+    }
+    doc = {
+        "summary": summary,
+        "dense_bytes": dense,
+        "dynsparse_all_levels_bytes": ours,
+        "pruned_models_all_levels_bytes": per_level,
+        "four_requests_switching_ms": switching,
+        "four_requests_grouped_ms": grouped,
+    }
     out = Path(args.out)
     write_result(out, "switch", doc)
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(6, 3.5), dpi=120)
-    ax.bar(["dense model", f"dynsparse\n(all {len(levels)} levels)", f"one pruned model\nper level ({len(levels)})"],
-           [dense / 2**20, ours / 2**20, per_level / 2**20], color=["grey", "tab:blue", "tab:orange"])  # fmt: skip
+    ax.bar(
+        ["dense model", f"dynsparse\n(all {len(levels)} levels)", f"one pruned model\nper level ({len(levels)})"],
+        [dense / 2**20, ours / 2**20, per_level / 2**20],
+        color=["grey", "tab:blue", "tab:orange"],
+    )
     ax.set_ylabel("MiB of weights held")
     ax.set_title(f"Memory to serve every level ({summary['device']})", fontsize=9)
     fig.tight_layout()

@@ -61,22 +61,37 @@ def main() -> None:
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": [[1] * args.seq_len] * n, "labels": labels})
     steps = 3 if args.quick else 10
     rows = []
-    for sizes in ([2, 4] if args.quick else [2, 3, 4, 6]):
-        targs = TrainArguments(output_dir="/tmp/dynsparse-bench", max_steps=1000, device=args.device,
-                               per_device_train_batch_size=args.batch,
-                               mixed_precision="bf16" if args.device == "cuda" else "no")  # fmt: skip
+    for sizes in [2, 4] if args.quick else [2, 3, 4, 6]:
+        targs = TrainArguments(
+            output_dir="/tmp/dynsparse-bench",
+            max_steps=1000,
+            device=args.device,
+            per_device_train_batch_size=args.batch,
+            mixed_precision="bf16" if args.device == "cuda" else "no",
+        )
         task = SequenceClassification([str(i) for i in range(model.shape.num_labels)])
-        trainer = Trainer(model, task, ds, None, targs,
-                          SparsityArguments(sizes_per_step=sizes, importance="natural"))  # fmt: skip
+        trainer = Trainer(model, task, ds, None, targs, SparsityArguments(sizes_per_step=sizes, importance="natural"))
         plain_ms = _timed(partial(_plain_step, trainer, trainer._batch(0)), args.device, steps)
         ofa_ms = _timed(trainer._step, args.device, steps)
-        rows.append({"sizes_per_step": sizes, "plain_ms": round(plain_ms, 1), "ofa_ms": round(ofa_ms, 1),
-                     "ratio": round(ofa_ms / plain_ms, 3),
-                     "ratio_per_size": round(ofa_ms / plain_ms / sizes, 3)})  # fmt: skip
+        rows.append(
+            {
+                "sizes_per_step": sizes,
+                "plain_ms": round(plain_ms, 1),
+                "ofa_ms": round(ofa_ms, 1),
+                "ratio": round(ofa_ms / plain_ms, 3),
+                "ratio_per_size": round(ofa_ms / plain_ms / sizes, 3),
+            }
+        )
         print(rows[-1])
     ref = next(r for r in rows if r["sizes_per_step"] == 4)
-    summary = {"step_ratio_per_size": ref["ratio_per_size"], "step_ratio": ref["ratio"], "sizes_per_step": 4,
-               "batch": args.batch, "seq_len": args.seq_len, "device": device_name(args.device)}  # fmt: skip
+    summary = {
+        "step_ratio_per_size": ref["ratio_per_size"],
+        "step_ratio": ref["ratio"],
+        "sizes_per_step": 4,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "device": device_name(args.device),
+    }
     out = Path(args.out)
     write_result(out, "train_cost", {"summary": summary, "rows": rows, "quick": args.quick})
     pyplot = plt()

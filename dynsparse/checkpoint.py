@@ -36,9 +36,21 @@ FORMAT_VERSION = 1
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "dynsparse.json"
 REQUIRED = (WEIGHTS, CONFIG, META)
 _MAX_JSON_BYTES = 32 << 20  # dynsparse.json and config.json hold a few KB; anything this big is not ours
-_RAW_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "max_position_embeddings", "type_vocab_size", "embedding_size", "num_labels", "dim", "n_layers",
-              "n_heads", "hidden_dim")  # fmt: skip
+_RAW_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "embedding_size",
+    "num_labels",
+    "dim",
+    "n_layers",
+    "n_heads",
+    "hidden_dim",
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -57,10 +69,11 @@ def save_checkpoint(model: ElasticModel, path: str | os.PathLike[str]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        # floats are stored as float32 whatever the serving dtype; the vocabulary map stays integer
         state = {
             k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
             for k, v in model.state_dict().items()
-        }  # fmt: skip  (the vocabulary map stays integer)
+        }
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "dynsparse_format": str(FORMAT_VERSION)})
         write_remote(remote_config(model), tmp)
         if model.tokenizer is not None:
@@ -87,9 +100,12 @@ def build_meta(model: ElasticModel, weights_sha256: str) -> dict[str, Any]:
             "scores": ["head_scores", "neuron_scores"],
             "estimator": (meta.get("ordering") or {}).get("estimator", "natural"),
             "mode": (meta.get("ordering") or {}).get("mode", "once-for-all"),
-            **({"languages": model.languages, "language_scores": ["language_head_scores", "language_neuron_scores"]}
-               if model.languages else {}),  # the non-shared setting: one more ordering per language
-        },  # fmt: skip
+            **(
+                {"languages": model.languages, "language_scores": ["language_head_scores", "language_neuron_scores"]}
+                if model.languages
+                else {}
+            ),  # the non-shared setting: one more ordering per language
+        },
         files={WEIGHTS: {"sha256": weights_sha256}},
     )
     meta.setdefault("sparsity_range", [0.0, 0.9])
@@ -132,8 +148,14 @@ def read_meta(path: Path) -> dict[str, Any]:
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unknown format_version {version!r} (this dynsparse reads {FORMAT_VERSION})")
-    expect: dict[str, type | tuple[type, ...]] = {"family": str, "labels": list, "allocation": str, "levels": list,
-                                                  "files": dict, "sparsity_range": list}  # fmt: skip
+    expect: dict[str, type | tuple[type, ...]] = {
+        "family": str,
+        "labels": list,
+        "allocation": str,
+        "levels": list,
+        "files": dict,
+        "sparsity_range": list,
+    }
     for key, kind in expect.items():
         if not isinstance(meta.get(key), kind):
             raise CheckpointError(f"{path}: field {key!r} is missing or not a {getattr(kind, '__name__', kind)}")
@@ -212,8 +234,11 @@ def _check_depth(path: Path, depth: Any, layers: int) -> None:
     if not isinstance(depth, dict):
         raise CheckpointError(f"{path}: depth must be an object, got {type(depth).__name__}")
     order, least = depth.get("order"), depth.get("min_layers", layers)
-    if order is not None and (not isinstance(order, list) or sorted(map(str, order)) != sorted(map(str, range(layers)))
-                              or not all(type(i) is int for i in order)):  # fmt: skip
+    if order is not None and (
+        not isinstance(order, list)
+        or sorted(map(str, order)) != sorted(map(str, range(layers)))
+        or not all(type(i) is int for i in order)
+    ):
         raise CheckpointError(f"{path}: depth.order must rank each of the {layers} layers once, got {order!r:.100}")
     if type(least) is not int or not 1 <= least <= layers:
         raise CheckpointError(f"{path}: depth.min_layers must be an integer from 1 to {layers}, got {least!r:.50}")
@@ -226,8 +251,12 @@ def _check_languages(path: Path, ordering: Any) -> None:
     langs = ordering.get("languages") if isinstance(ordering, dict) else None
     if langs is None:
         return
-    if (not isinstance(langs, list) or not 1 <= len(langs) <= 256 or len(set(map(str, langs))) != len(langs)
-            or not all(isinstance(x, str) and 0 < len(x) <= 64 for x in langs)):  # fmt: skip
+    if (
+        not isinstance(langs, list)
+        or not 1 <= len(langs) <= 256
+        or len(set(map(str, langs))) != len(langs)
+        or not all(isinstance(x, str) and 0 < len(x) <= 64 for x in langs)
+    ):
         raise CheckpointError(f"{path}: ordering.languages must be up to 256 distinct names, got {langs!r:.100}")
 
 

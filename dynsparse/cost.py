@@ -48,9 +48,12 @@ def flops(shape: EncoderShape, structure: Structure, seq_len: int, head_flops: i
 
 
 def level_costs(
-    shape: EncoderShape, structure: Structure, seq_len: int, head_params: int | None = None,
+    shape: EncoderShape,
+    structure: Structure,
+    seq_len: int,
+    head_params: int | None = None,
     head_flops: int | None = None,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """The accounting columns of a level row (the head defaults to the sequence classifier's)."""
     full = ((shape.heads, shape.intermediate),) * shape.layers
     kept = prunable_params(shape, structure)

@@ -21,6 +21,8 @@ def group_rows(values: Sequence[T]) -> dict[T, list[int]]:
     for i, v in enumerate(values):
         rows.setdefault(v, []).append(i)
     return rows
+
+
 _EXT = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json"}
 _TEXT_COLUMNS = ("text", "sentence", "sentence1", "question", "premise")
 _PAIR_COLUMNS = {"sentence1": "sentence2", "question": "sentence", "premise": "hypothesis"}

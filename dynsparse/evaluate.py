@@ -83,8 +83,9 @@ def _logits(
     out: Tensor | None = None
     for lang, idx in group_rows(langs).items():
         rows = torch.tensor(idx, device=batch["input_ids"].device)
-        part = model(**{k: v[rows] for k, v in batch.items()}, sparsity=sparsity, depth=depth, language=lang,
-                     unpad=True).logits
+        part = model(
+            **{k: v[rows] for k, v in batch.items()}, sparsity=sparsity, depth=depth, language=lang, unpad=True
+        ).logits
         if out is None:
             out = part.new_empty((len(langs), *part.shape[1:]))
         out[rows] = part
@@ -110,24 +111,35 @@ def score_levels(task: Task, preds: dict[float, list[Any]], ds: Dataset) -> dict
         if by_lang:
             per = {lang: task.metrics([p[i] for i in idx], subsets[lang]) for lang, idx in by_lang.items()}
             row["by_language"] = {lang: {k: round(v, 4) for k, v in m.items()} for lang, m in per.items()}
-            row["language_average"] = {k: round(sum(m[k] for m in per.values()) / len(per), 4)
-                                       for k in next(iter(per.values()))}  # fmt: skip
+            row["language_average"] = {
+                k: round(sum(m[k] for m in per.values()) / len(per), 4) for k in next(iter(per.values()))
+            }
         out[s] = row
     return out
 
 
 def evaluate_levels(
-    model: ElasticModel, task: Task, ds: Dataset | None, levels: list[float], latency_batch: int = 8,
-    latency_seq_len: int = 128, progress: bool = True, batch_size: int = 64, depths: list[int] | None = None,
+    model: ElasticModel,
+    task: Task,
+    ds: Dataset | None,
+    levels: list[float],
+    latency_batch: int = 8,
+    latency_seq_len: int = 128,
+    progress: bool = True,
+    batch_size: int = 64,
+    depths: list[int] | None = None,
     per_language: bool = True,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """The level table: one row per sparsity (per depth, deepest first, when `depths` are given) with costs,
     task metrics (when data is given) and latency."""
     model.eval()
     rows = []
     for depth in sorted(depths or [model.shape.layers], reverse=True):
-        rows.extend(_depth_rows(model, task, ds, levels, latency_batch, latency_seq_len, progress, batch_size, depth,
-                                per_language))  # fmt: skip
+        rows.extend(
+            _depth_rows(
+                model, task, ds, levels, latency_batch, latency_seq_len, progress, batch_size, depth, per_language
+            )
+        )
     dense = rows[0]["latency_ms"]
     for row in rows:
         row["speedup"] = round(dense / row["latency_ms"], 3)
@@ -135,9 +147,17 @@ def evaluate_levels(
 
 
 def _depth_rows(
-    model: ElasticModel, task: Task, ds: Dataset | None, levels: list[float], latency_batch: int,
-    latency_seq_len: int, progress: bool, batch_size: int, depth: int, per_language: bool,
-) -> list[dict[str, Any]]:  # fmt: skip
+    model: ElasticModel,
+    task: Task,
+    ds: Dataset | None,
+    levels: list[float],
+    latency_batch: int,
+    latency_seq_len: int,
+    progress: bool,
+    batch_size: int,
+    depth: int,
+    per_language: bool,
+) -> list[dict[str, Any]]:
     d = model.check_depth(depth)
     metrics: dict[float, dict[str, Any]] = {}
     if ds is not None:
@@ -156,8 +176,18 @@ def _depth_rows(
 
 
 def format_table(rows: list[dict[str, Any]], metric: str | None) -> str:
-    cols = ["depth", "sparsity", *([metric] if metric else []), "f1", "agreement", "params", "params_encoder", "flops",
-            "latency_ms", "speedup"]  # fmt: skip
+    cols = [
+        "depth",
+        "sparsity",
+        *([metric] if metric else []),
+        "f1",
+        "agreement",
+        "params",
+        "params_encoder",
+        "flops",
+        "latency_ms",
+        "speedup",
+    ]
     cols = [c for i, c in enumerate(cols) if c in rows[0] and c not in cols[:i]]
     if len({r.get("depth") for r in rows}) < 2:
         cols = [c for c in cols if c != "depth"]
@@ -196,8 +226,15 @@ def plot_languages(rows: list[dict[str, Any]], metric: str, path: Path, title: s
     ax.set_yticks(range(len(grid)), [*langs, "average"])
     for i, line in enumerate(grid):
         for j, v in enumerate(line):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="white" if v < 0.5 * (
-                max(map(max, grid)) + min(map(min, grid))) else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{v:.3f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v < 0.5 * (max(map(max, grid)) + min(map(min, grid))) else "black",
+            )
     ax.set_xlabel("sparsity")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label=metric)
@@ -222,8 +259,14 @@ def plot_levels(rows: list[dict[str, Any]], metric: str | None, path: Path, titl
         if metric and metric in part[0]:
             ax.plot(s, [r[metric] for r in part], "o-", color="tab:blue", alpha=alpha, label=metric + tag)
         if metric != "agreement" and "agreement" in part[0]:  # the offline twin of the server's shadow agreement
-            ax.plot(s, [r["agreement"] for r in part], "^-", color="tab:green", alpha=alpha,
-                    label="agreement with dense" + tag)  # fmt: skip
+            ax.plot(
+                s,
+                [r["agreement"] for r in part],
+                "^-",
+                color="tab:green",
+                alpha=alpha,
+                label="agreement with dense" + tag,
+            )
         lat.plot(s, [r["latency_ms"] for r in part], "s--", color="tab:red", alpha=alpha, label="latency" + tag)
     if metric and metric in rows[0]:
         ax.set_ylabel(metric, color="tab:blue")
@@ -256,8 +299,10 @@ def write_levels(rows: list[dict[str, Any]], out_dir: Path, metric: str | None, 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "levels.json").write_text(json.dumps({"levels": rows, **info}, indent=2))
     device = info.get("device", "")
-    title = f"{info.get('model', 'dynsparse')} — latency at batch {info.get('latency_batch')} x " \
-            f"{info.get('latency_seq_len')} tokens on {device}"  # fmt: skip
+    title = (
+        f"{info.get('model', 'dynsparse')} — latency at batch {info.get('latency_batch')} x "
+        f"{info.get('latency_seq_len')} tokens on {device}"
+    )
     plot_levels(rows, metric, out_dir / "levels.png", title)
     print(format_table(rows, metric), flush=True)
     log.info("wrote %s and %s", out_dir / "levels.json", out_dir / "levels.png")
@@ -275,8 +320,10 @@ def write_comparison(curves: dict[str, list[dict[str, Any]]], metric: str | None
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = {name: [{k: r[k] for k in ("sparsity", metric or "", "params_encoder", "latency_ms") if k in r}
-                    for r in rows] for name, rows in curves.items()}  # fmt: skip
+    table = {
+        name: [{k: r[k] for k in ("sparsity", metric or "", "params_encoder", "latency_ms") if k in r} for r in rows]
+        for name, rows in curves.items()
+    }
     (out_dir / "compare.json").write_text(json.dumps({"metric": metric, "curves": table}, indent=2))
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     for name, rows in curves.items():

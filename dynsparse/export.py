@@ -79,8 +79,9 @@ class FixedSizeModel(nn.Module):
         rows: list[UnitRows | None] = list(model.unit_rows(language, structure)) if language else [None] * len(layers)
         self.layers = nn.ModuleList(
             _slice_layer(layer, heads, neurons, r)
-            for layer, (heads, neurons), r in zip(layers, structure, rows, strict=True) if (heads, neurons) != (0, 0)
-        )  # fmt: skip
+            for layer, (heads, neurons), r in zip(layers, structure, rows, strict=True)
+            if (heads, neurons) != (0, 0)
+        )
         self.head = copy.deepcopy(model.head)
         self.task = model.task
         self.output_names = list(OUTPUTS[model.task])
@@ -143,9 +144,13 @@ def _slice_layer(layer: ElasticLayer, heads: int, neurons: int, rows: UnitRows |
 
 
 def export(
-    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], fmt: str = "onnx", depth: int | None = None,
+    model: ElasticModel,
+    sparsity: float,
+    path: str | os.PathLike[str],
+    fmt: str = "onnx",
+    depth: int | None = None,
     language: str | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write `model` at `sparsity` as a standalone export directory at `path`; see the module doc.
 
     Example:
@@ -176,9 +181,12 @@ def export(
 
 
 def export_onnx(
-    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None,
+    model: ElasticModel,
+    sparsity: float,
+    path: str | os.PathLike[str],
+    depth: int | None = None,
     language: str | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Export `model` at `sparsity` as ONNX (opset 18, dynamic batch and sequence) into directory `path`.
 
     Raises:
@@ -198,9 +206,12 @@ def export_onnx(
 
 
 def export_transformers(
-    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None,
+    model: ElasticModel,
+    sparsity: float,
+    path: str | os.PathLike[str],
+    depth: int | None = None,
     language: str | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Export `model` at `sparsity` as a transformers model directory (`dynsparse.export_hf`) at `path`.
 
     Raises:
@@ -216,9 +227,12 @@ def export_transformers(
 
 
 def export_torch(
-    model: ElasticModel, sparsity: float, path: str | os.PathLike[str], depth: int | None = None,
+    model: ElasticModel,
+    sparsity: float,
+    path: str | os.PathLike[str],
+    depth: int | None = None,
     language: str | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Export `model` at `sparsity` as TorchScript (`model.pt`, for `torch.jit.load`) into directory `path`.
 
     Raises:
@@ -250,10 +264,15 @@ def _save_onnx(fixed: FixedSizeModel, file: Path, description: dict[str, str]) -
     axes = {0: "batch", 1: "sequence"}
     with _quiet_exporter():
         program = torch.onnx.export(
-            fixed, _example_inputs(fixed), input_names=fixed.input_names, output_names=fixed.output_names,
-            opset_version=OPSET, dynamo=True, dynamic_shapes=dict.fromkeys(fixed.input_names, axes),
+            fixed,
+            _example_inputs(fixed),
+            input_names=fixed.input_names,
+            output_names=fixed.output_names,
+            opset_version=OPSET,
+            dynamo=True,
+            dynamic_shapes=dict.fromkeys(fixed.input_names, axes),
             verbose=False,
-        )  # fmt: skip
+        )
     if program is None:  # only the legacy exporter returns None
         raise RuntimeError("torch.onnx.export returned no program")
     for node in program.model.graph.all_nodes():  # source paths and stack traces: not for a deployed file
@@ -300,8 +319,14 @@ def _max_length(model: ElasticModel) -> int:
     return shape.max_positions - (shape.pad_token_id + 1 if model.family.padded_positions else 0)
 
 
-def _save_sidecar(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, fmt: ExportFormat, out: Path,
-                  extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+def _save_sidecar(
+    model: ElasticModel,
+    fixed: FixedSizeModel,
+    sparsity: float,
+    fmt: ExportFormat,
+    out: Path,
+    extra: dict[str, Any] | None = None,
+) -> None:
     from dynsparse import __version__
 
     max_length = _max_length(model)

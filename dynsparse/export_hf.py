@@ -100,8 +100,13 @@ def save_sentence_transformers(out: Path, hidden: int, max_length: int) -> None:
     (out / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
     (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_length, "do_lower_case": False}))
     (out / "1_Pooling").mkdir(exist_ok=True)
-    pooling = {"word_embedding_dimension": hidden, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-               "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}  # fmt: skip
+    pooling = {
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
     (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2) + "\n")
 
 

@@ -39,38 +39,66 @@ class Family:
 
 
 _BERT_LAYER = {
-    "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
-    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
-    "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "ffn_norm": "output.LayerNorm",
-}  # fmt: skip
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attn_out": "attention.output.dense",
+    "attn_norm": "attention.output.LayerNorm",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "ffn_norm": "output.LayerNorm",
+}
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        name="bert", model_types=("bert",), embeddings="bert.embeddings.",
+        name="bert",
+        model_types=("bert",),
+        embeddings="bert.embeddings.",
         layers=LayerNames(prefix="bert.encoder.layer.{i}.", **_BERT_LAYER),
-        pool="bert.pooler.dense", pool_act="tanh", classifier="classifier",
+        pool="bert.pooler.dense",
+        pool_act="tanh",
+        classifier="classifier",
     ),
     Family(
-        name="roberta", model_types=("roberta", "xlm-roberta", "camembert"), embeddings="roberta.embeddings.",
+        name="roberta",
+        model_types=("roberta", "xlm-roberta", "camembert"),
+        embeddings="roberta.embeddings.",
         layers=LayerNames(prefix="roberta.encoder.layer.{i}.", **_BERT_LAYER),
-        pool="classifier.dense", pool_act="tanh", classifier="classifier.out_proj", padded_positions=True,
+        pool="classifier.dense",
+        pool_act="tanh",
+        classifier="classifier.out_proj",
+        padded_positions=True,
     ),
     Family(
-        name="electra", model_types=("electra",), embeddings="electra.embeddings.",
+        name="electra",
+        model_types=("electra",),
+        embeddings="electra.embeddings.",
         layers=LayerNames(prefix="electra.encoder.layer.{i}.", **_BERT_LAYER),
-        pool="classifier.dense", pool_act="gelu", classifier="classifier.out_proj",
+        pool="classifier.dense",
+        pool_act="gelu",
+        classifier="classifier.out_proj",
         embed_project="electra.embeddings_project",
     ),
     Family(
-        name="distilbert", model_types=("distilbert",), embeddings="distilbert.embeddings.",
+        name="distilbert",
+        model_types=("distilbert",),
+        embeddings="distilbert.embeddings.",
         layers=LayerNames(
-            prefix="distilbert.transformer.layer.{i}.", query="attention.q_lin", key="attention.k_lin",
-            value="attention.v_lin", attn_out="attention.out_lin", attn_norm="sa_layer_norm",
-            ffn_in="ffn.lin1", ffn_out="ffn.lin2", ffn_norm="output_layer_norm",
+            prefix="distilbert.transformer.layer.{i}.",
+            query="attention.q_lin",
+            key="attention.k_lin",
+            value="attention.v_lin",
+            attn_out="attention.out_lin",
+            attn_norm="sa_layer_norm",
+            ffn_in="ffn.lin1",
+            ffn_out="ffn.lin2",
+            ffn_norm="output_layer_norm",
         ),
-        pool="pre_classifier", pool_act="relu", classifier="classifier",
+        pool="pre_classifier",
+        pool_act="relu",
+        classifier="classifier",
     ),
-)  # fmt: skip
+)
 
 
 def family_for(model_type: str) -> Family:

@@ -61,9 +61,13 @@ def rank_globally(head_scores: Tensor, neuron_scores: Tensor, head_cost: int, ne
     order = torch.sort(-ratio, stable=True).indices
     cost = torch.where(is_head, float(head_cost), float(neuron_cost)).double()
     return GlobalRanking(
-        layer=layer[order], is_head=is_head[order], cum_cost=cost[order].cumsum(0), forced=2 * layers,
-        total_cost=float(cost.sum()), layers=layers,
-    )  # fmt: skip
+        layer=layer[order],
+        is_head=is_head[order],
+        cum_cost=cost[order].cumsum(0),
+        forced=2 * layers,
+        total_cost=float(cost.sum()),
+        layers=layers,
+    )
 
 
 def global_structure(sparsity: float, ranking: GlobalRanking) -> Structure:

@@ -85,15 +85,27 @@ class ElasticLayer(nn.Module):
         self.act = ACT2FN[shape.act]
         self.dropout = nn.Dropout(hidden_dropout)
         self.attn_dropout = attn_dropout
-        for w in (self.q_weight, self.k_weight, self.v_weight, self.attn_out_weight_t, self.ffn_in_weight,
-                  self.ffn_out_weight_t):  # fmt: skip
+        for w in (
+            self.q_weight,
+            self.k_weight,
+            self.v_weight,
+            self.attn_out_weight_t,
+            self.ffn_in_weight,
+            self.ffn_out_weight_t,
+        ):
             nn.init.normal_(w, std=0.02)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, heads: int, neurons: int,
-        head_gate: Tensor | None = None, neuron_gate: Tensor | None = None, rows: "UnitRows | None" = None,
+        self,
+        x: Tensor,
+        mask: Tensor | None,
+        heads: int,
+        neurons: int,
+        head_gate: Tensor | None = None,
+        neuron_gate: Tensor | None = None,
+        rows: "UnitRows | None" = None,
         packing: Packing | None = None,
-    ) -> Tensor:  # fmt: skip
+    ) -> Tensor:
         """`rows` (a per-language ordering) picks the kept units by index instead of the stored prefix: a gather
         of the kept rows per forward, the price of an ordering the storage is not sorted by. With `packing`, `x`
         is the batch's real tokens (N, H): only attention sees the padded grid (per-row gates are not taken)."""
@@ -150,9 +162,15 @@ class ElasticModel(nn.Module):
     language_neuron_scores: Tensor | None  # (N, L, F)
 
     def __init__(
-        self, shape: EncoderShape, family: Family, hf_config: Any, allocation: Allocation = "uniform",
-        tokenizer: Any = None, meta: dict[str, Any] | None = None, task: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        shape: EncoderShape,
+        family: Family,
+        hf_config: Any,
+        allocation: Allocation = "uniform",
+        tokenizer: Any = None,
+        meta: dict[str, Any] | None = None,
+        task: str | None = None,
+    ) -> None:
         super().__init__()
         self.shape, self.family, self.hf_config, self.tokenizer = shape, family, hf_config, tokenizer
         self.allocation: Allocation = allocation
@@ -199,9 +217,12 @@ class ElasticModel(nn.Module):
         if self.allocation == "global":
             if language is not None:
                 head, neuron = self._language_scores(language)
-                ranking = rank_globally(head.sort(-1, descending=True).values,
-                                        neuron.sort(-1, descending=True).values, head_cost(self.shape),
-                                        neuron_cost(self.shape))  # fmt: skip
+                ranking = rank_globally(
+                    head.sort(-1, descending=True).values,
+                    neuron.sort(-1, descending=True).values,
+                    head_cost(self.shape),
+                    neuron_cost(self.shape),
+                )
                 return global_structure(sparsity, ranking)
             self._ranking = self._ranking or rank_globally(
                 self.head_scores.cpu(), self.neuron_scores.cpu(), head_cost(self.shape), neuron_cost(self.shape)
@@ -293,25 +314,52 @@ class ElasticModel(nn.Module):
         save_checkpoint(self, path)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-        sparsity: float = 0.0, structure: Structure | None = None,
-        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
-        layer_mask: Tensor | None = None, language: str | None = None, unpad: bool = False,
-    ) -> EncoderOutput:  # fmt: skip
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        sparsity: float = 0.0,
+        structure: Structure | None = None,
+        head_mask: Tensor | None = None,
+        neuron_mask: Tensor | None = None,
+        depth: int | None = None,
+        layer_mask: Tensor | None = None,
+        language: str | None = None,
+        unpad: bool = False,
+    ) -> EncoderOutput:
         """Run at `sparsity` and `depth` (or an explicit `structure`), with `language`'s own ordering when given
         (non-shared setting); `head_mask` (L, H) or (B, L, H) / `neuron_mask` (L, F) or (B, L, F) / `layer_mask`
         (L,) instead scale units or whole layers' residual branches of the full model (the masked forward used
         for importance and tests). `unpad`: see `encode`."""
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, structure, head_mask, neuron_mask,
-                             depth, layer_mask, language, unpad)  # fmt: skip
+        hidden = self.encode(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            sparsity,
+            structure,
+            head_mask,
+            neuron_mask,
+            depth,
+            layer_mask,
+            language,
+            unpad,
+        )
         return EncoderOutput(logits=self.head(hidden, attention_mask), last_hidden_state=hidden)
 
     def encode(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-        sparsity: float = 0.0, structure: Structure | None = None,
-        head_mask: Tensor | None = None, neuron_mask: Tensor | None = None, depth: int | None = None,
-        layer_mask: Tensor | None = None, language: str | None = None, unpad: bool = False,
-    ) -> Tensor:  # fmt: skip
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        sparsity: float = 0.0,
+        structure: Structure | None = None,
+        head_mask: Tensor | None = None,
+        neuron_mask: Tensor | None = None,
+        depth: int | None = None,
+        layer_mask: Tensor | None = None,
+        language: str | None = None,
+        unpad: bool = False,
+    ) -> Tensor:
         """The last hidden states (B, T, H) at a size. `unpad`: the linear layers run on the real tokens only
         when the batch is padded (`packing`; inference, not with masks); the hidden states at padding positions
         come back zero (so a per-token head's outputs there are its bias: every reader skips them)."""

@@ -21,15 +21,23 @@ from dynsparse.modeling import ElasticModel
 log = logging.getLogger(__name__)
 
 _LAYER_PARAMS = (  # (ours, LayerNames field, transposed)
-    ("q_weight", "query.weight", False), ("q_bias", "query.bias", False),
-    ("k_weight", "key.weight", False), ("k_bias", "key.bias", False),
-    ("v_weight", "value.weight", False), ("v_bias", "value.bias", False),
-    ("attn_out_weight_t", "attn_out.weight", True), ("attn_out_bias", "attn_out.bias", False),
-    ("attn_norm.weight", "attn_norm.weight", False), ("attn_norm.bias", "attn_norm.bias", False),
-    ("ffn_in_weight", "ffn_in.weight", False), ("ffn_in_bias", "ffn_in.bias", False),
-    ("ffn_out_weight_t", "ffn_out.weight", True), ("ffn_out_bias", "ffn_out.bias", False),
-    ("ffn_norm.weight", "ffn_norm.weight", False), ("ffn_norm.bias", "ffn_norm.bias", False),
-)  # fmt: skip
+    ("q_weight", "query.weight", False),
+    ("q_bias", "query.bias", False),
+    ("k_weight", "key.weight", False),
+    ("k_bias", "key.bias", False),
+    ("v_weight", "value.weight", False),
+    ("v_bias", "value.bias", False),
+    ("attn_out_weight_t", "attn_out.weight", True),
+    ("attn_out_bias", "attn_out.bias", False),
+    ("attn_norm.weight", "attn_norm.weight", False),
+    ("attn_norm.bias", "attn_norm.bias", False),
+    ("ffn_in_weight", "ffn_in.weight", False),
+    ("ffn_in_bias", "ffn_in.bias", False),
+    ("ffn_out_weight_t", "ffn_out.weight", True),
+    ("ffn_out_bias", "ffn_out.bias", False),
+    ("ffn_norm.weight", "ffn_norm.weight", False),
+    ("ffn_norm.bias", "ffn_norm.bias", False),
+)
 
 
 def name_pairs(
@@ -37,10 +45,12 @@ def name_pairs(
 ) -> Iterator[tuple[str, str, bool]]:
     """(our name, transformers name, transposed) for every weight of the task's transformers model."""
     e = family.embeddings
-    yield from (("embeddings.word.weight", e + "word_embeddings.weight", False),
-                ("embeddings.position.weight", e + "position_embeddings.weight", False),
-                ("embeddings.norm.weight", e + "LayerNorm.weight", False),
-                ("embeddings.norm.bias", e + "LayerNorm.bias", False))  # fmt: skip
+    yield from (
+        ("embeddings.word.weight", e + "word_embeddings.weight", False),
+        ("embeddings.position.weight", e + "position_embeddings.weight", False),
+        ("embeddings.norm.weight", e + "LayerNorm.weight", False),
+        ("embeddings.norm.bias", e + "LayerNorm.bias", False),
+    )
     if type_vocab:
         yield "embeddings.token_type.weight", e + "token_type_embeddings.weight", False
     if project and family.embed_project:
@@ -93,9 +103,12 @@ def load_tokenizer(name_or_path: str, model_type: str = "", task: str = "text-cl
 
 
 def from_pretrained(
-    name_or_path: str, labels: list[str] | None = None, allocation: Allocation = "uniform", tokenizer: bool = True,
+    name_or_path: str,
+    labels: list[str] | None = None,
+    allocation: Allocation = "uniform",
+    tokenizer: bool = True,
     task: str = "text-classification",
-) -> ElasticModel:  # fmt: skip
+) -> ElasticModel:
     """Wrap a transformers checkpoint as an `ElasticModel` with the natural (untrained) ordering.
 
     At sparsity 0 it gives the outputs of the task's transformers model (`AutoModelFor<task>`). `labels` sets
@@ -110,8 +123,11 @@ def from_pretrained(
     if task == "question-answering":  # start and end logits
         overrides = {"num_labels": 2, "id2label": {0: "start", 1: "end"}, "label2id": {"start": 0, "end": 1}}
     if labels is not None and task in ("text-classification", "token-classification"):
-        overrides = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                     "label2id": {name: i for i, name in enumerate(labels)}}  # fmt: skip
+        overrides = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
     config = load_hf_config(name_or_path, **overrides)
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers' load report and bar would drown our one-line log

@@ -17,9 +17,15 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def measure_latency(
-    model: ElasticModel, sparsity: float, batch: int, seq_len: int, min_repeats: int = 5, min_seconds: float = 0.3,
-    warmup: int = 2, depth: int | None = None,
-) -> float:  # fmt: skip
+    model: ElasticModel,
+    sparsity: float,
+    batch: int,
+    seq_len: int,
+    min_repeats: int = 5,
+    min_seconds: float = 0.3,
+    warmup: int = 2,
+    depth: int | None = None,
+) -> float:
     """Median wall time (ms) of one forward at `sparsity` (and `depth`) on random tokens of shape (batch, seq_len)."""
     device = next(model.parameters()).device
     seq_len = min(seq_len, model.shape.max_positions - 2)  # RoBERTa positions start at pad + 1
@@ -41,9 +47,12 @@ def measure_latency(
 
 
 def profile_levels(
-    model: ElasticModel, levels: Iterable[float], batch_sizes: Iterable[int], seq_lens: Iterable[int],
+    model: ElasticModel,
+    levels: Iterable[float],
+    batch_sizes: Iterable[int],
+    seq_lens: Iterable[int],
     progress: bool = True,
-) -> list[dict[str, float]]:  # fmt: skip
+) -> list[dict[str, float]]:
     """Latency rows {sparsity, batch, seq_len, latency_ms} over the grid."""
     grid = [(s, b, t) for s in levels for b in batch_sizes for t in seq_lens]
     rows = []

@@ -84,8 +84,12 @@ def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
         kind.columns(eval_raw, d)
     task = kind(kind.label_names(train_raw, cols))
     model = from_pretrained(m.model_name_or_path, labels=task.labels, allocation=sp.allocation, task=d.task)
-    model.meta.update(task=d.task, labels=task.labels, main_metric=task.main_metric,
-                      columns={"text": cols.text, "pair": cols.pair, "label": cols.label})  # fmt: skip
+    model.meta.update(
+        task=d.task,
+        labels=task.labels,
+        main_metric=task.main_metric,
+        columns={"text": cols.text, "pair": cols.pair, "label": cols.label},
+    )
     max_len = min(d.max_seq_length, model.shape.max_positions - 2)
     train_ds = task.encode(train_raw, model.tokenizer, cols, max_len, "training data", train=True)
     eval_ds = task.encode(eval_raw, model.tokenizer, cols, max_len, "validation data", False) if eval_raw else None
@@ -138,8 +142,14 @@ def _run_training(
             from dynsparse.cli_logging import file_log
 
             logs.enter_context(file_log(out / "train.log"))
-        log.info("training %s on %s (%d examples, labels %s, %d processes)", m.model_name_or_path, d.train_file,
-                 len(s.train_ds), s.model.meta["labels"], world.size)  # fmt: skip
+        log.info(
+            "training %s on %s (%d examples, labels %s, %d processes)",
+            m.model_name_or_path,
+            d.train_file,
+            len(s.train_ds),
+            s.model.meta["labels"],
+            world.size,
+        )
         trainer = Trainer(s.model, s.task, s.train_ds, s.eval_ds, t, sp, s.teacher, world)
         try:
             summary = {**trainer.train(), "world_size": world.size}
@@ -151,14 +161,24 @@ def _run_training(
     levels = default_levels(sp.max_sparsity)
     if sp.min_sparsity > 0:
         levels = [x for x in levels if x >= sp.min_sparsity] or [sp.min_sparsity]
-    rows = evaluate_levels(model, s.task, s.eval_ds, levels, LATENCY_BATCH, LATENCY_SEQ_LEN,
-                           batch_size=t.per_device_eval_batch_size, depths=depth_grid(model))  # fmt: skip
+    rows = evaluate_levels(
+        model,
+        s.task,
+        s.eval_ds,
+        levels,
+        LATENCY_BATCH,
+        LATENCY_SEQ_LEN,
+        batch_size=t.per_device_eval_batch_size,
+        depths=depth_grid(model),
+    )
     info = level_info(model, m.model_name_or_path or "", trainer.device, LATENCY_BATCH, LATENCY_SEQ_LEN)
     full = [r for r in rows if r["depth"] == model.shape.layers]  # the served size table is the width axis
     model.meta.update(
-        sparsity_range=[sp.min_sparsity, sp.max_sparsity], levels=full, level_info=info,
+        sparsity_range=[sp.min_sparsity, sp.max_sparsity],
+        levels=full,
+        level_info=info,
         training={**summary, "args": {**asdict(m), **asdict(d), **asdict(sp), **asdict(t)}},
-    )  # fmt: skip
+    )
     save_checkpoint(model, out)
     write_levels(rows, out, s.task.main_metric if s.eval_ds is not None else None, info)
     log.info("checkpoint written to %s", out)
@@ -174,5 +194,10 @@ def level_info(model: ElasticModel, name: str, device: torch.device | str, batch
         dev = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     path = Path(name)
     shown = path.parent.name if path.name in ("model", "") else path.name  # pip assets keep weights in .../model
-    return {"model": shown or name, "device": dev, "latency_batch": batch, "latency_seq_len": seq_len,
-            "allocation": model.allocation}  # fmt: skip
+    return {
+        "model": shown or name,
+        "device": dev,
+        "latency_batch": batch,
+        "latency_seq_len": seq_len,
+        "allocation": model.allocation,
+    }

@@ -35,9 +35,15 @@ class TrainerState:
 
 
 def save_state(
-    out_dir: Path, model: ElasticModel, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainerState,
-    scores: dict[str, torch.Tensor], keep: int, rng: list[dict[str, Any]] | None = None,
-) -> Path:  # fmt: skip
+    out_dir: Path,
+    model: ElasticModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainerState,
+    scores: dict[str, torch.Tensor],
+    keep: int,
+    rng: list[dict[str, Any]] | None = None,
+) -> Path:
     """Write checkpoint-STEP atomically and keep only the newest `keep` states.
 
     `rng` holds every rank's generator states in rank order (default: this process's); as in transformers,
@@ -123,8 +129,12 @@ def load_state(
     scores = _read(path / "importance.safetensors", lambda f: load_file(str(f), device=str(device)))
     if "language_head_scores" in weights and model.language_head_scores is None:  # saved after per-language rewiring
         langs = (_read(path / META, read_meta).get("ordering") or {}).get("languages") or []
-        _read(path / WEIGHTS, lambda f: model.set_language_scores(
-            langs, weights["language_head_scores"], weights["language_neuron_scores"]))  # fmt: skip
+        _read(
+            path / WEIGHTS,
+            lambda f: model.set_language_scores(
+                langs, weights["language_head_scores"], weights["language_neuron_scores"]
+            ),
+        )
     _read(path / WEIGHTS, lambda f: model.load_state_dict(weights))  # a state of another model: shapes differ
     model.set_scores(model.head_scores.clone(), model.neuron_scores.clone())
     _read(path / "optimizer.pt", lambda f: optimizer.load_state_dict(optim))
@@ -140,8 +150,16 @@ def _read(file: Path, read: Callable[[Path], _T]) -> _T:
     `CheckpointError` naming the file."""
     try:
         return read(file)
-    except (OSError, ValueError, RuntimeError, TypeError, KeyError, EOFError, pickle.UnpicklingError,
-            SafetensorError) as e:  # fmt: skip
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        TypeError,
+        KeyError,
+        EOFError,
+        pickle.UnpicklingError,
+        SafetensorError,
+    ) as e:
         raise CheckpointError(f"{file}: unreadable training state ({type(e).__name__}: {str(e)[:200]})") from None
 
 
@@ -155,8 +173,11 @@ def _verified_weights(file: Path, device: str) -> dict[str, torch.Tensor]:
 def _trainer_state(file: Path) -> TrainerState:
     raw = json.loads(file.read_text())
     state = TrainerState(**raw) if isinstance(raw, dict) else None
-    if state is None or not all(isinstance(v, int) and v >= 0 for v in (state.step, state.importance_steps)) or \
-            not isinstance(state.rewired, bool):  # fmt: skip
+    if (
+        state is None
+        or not all(isinstance(v, int) and v >= 0 for v in (state.step, state.importance_steps))
+        or not isinstance(state.rewired, bool)
+    ):
         raise ValueError(f"expected {{'step': int, 'rewired': bool, 'importance_steps': int}}, got {raw!r:.200}")
     return state
 

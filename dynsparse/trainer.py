@@ -58,9 +58,16 @@ class Trainer:
     """
 
     def __init__(
-        self, model: ElasticModel, task: Task, train_ds: Dataset, eval_ds: Dataset | None, args: TrainArguments,
-        sparsity: SparsityArguments, teacher: ElasticModel | None = None, world: World | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        model: ElasticModel,
+        task: Task,
+        train_ds: Dataset,
+        eval_ds: Dataset | None,
+        args: TrainArguments,
+        sparsity: SparsityArguments,
+        teacher: ElasticModel | None = None,
+        world: World | None = None,
+    ) -> None:
         self.model, self.task, self.train_ds, self.eval_ds = model, task, train_ds, eval_ds
         self.args, self.sp, self.teacher = args, sparsity, teacher
         self.world = world or World()
@@ -72,8 +79,9 @@ class Trainer:
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
         self.collate = task.collator(model.tokenizer)
-        steps = total_steps(args.max_steps, args.num_train_epochs, len(train_ds), self.global_batch,
-                            args.gradient_accumulation_steps)  # fmt: skip
+        steps = total_steps(
+            args.max_steps, args.num_train_epochs, len(train_ds), self.global_batch, args.gradient_accumulation_steps
+        )
         self.optimizer = make_optimizer(model, args)
         from transformers import get_linear_schedule_with_warmup
 
@@ -120,9 +128,13 @@ class Trainer:
         elif self.fine_tune and self.sp.importance == "magnitude":  # the fine-tuned weights' magnitudes
             self._rewire(*magnitude_scores(self.model))
         elapsed = time.time() - t0
-        return {"steps": self.total, "resumed_at": start, "seconds": round(elapsed, 1),
-                "steps_per_second": round((self.total - start) / max(elapsed, 1e-9), 3),
-                "importance_steps": self.state.importance_steps}  # fmt: skip
+        return {
+            "steps": self.total,
+            "resumed_at": start,
+            "seconds": round(elapsed, 1),
+            "steps_per_second": round((self.total - start) / max(elapsed, 1e-9), 3),
+            "importance_steps": self.state.importance_steps,
+        }
 
     def close(self) -> None:
         """Drop the DistributedDataParallel wrapper; call it before the process group is destroyed.
@@ -176,9 +188,13 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         phase = "fine-tune" if self.fine_tune else "importance" if dense_phase else "sandwich"
-        return {"phase": phase, "loss": sum(losses.values()),
-                "loss_by_size": {f"{s:.3f}": round(v, 5) for s, v in losses.items()},
-                "grad_norm": round(float(grad_norm), 4), "lr": self.scheduler.get_last_lr()[0]}  # fmt: skip
+        return {
+            "phase": phase,
+            "loss": sum(losses.values()),
+            "loss_by_size": {f"{s:.3f}": round(v, 5) for s, v in losses.items()},
+            "grad_norm": round(float(grad_norm), 4),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
 
     def _micro_step(
         self, batch: Batch, sizes: list[float], depths: list[int | None], dense_phase: bool, last: bool
@@ -192,8 +208,13 @@ class Trainer:
         gates = self.importance.gates(len(batch.labels)) if dense_phase else Gates()
         with sync_gradients(self.wrapped, last and len(sizes) == 1):
             with self._autocast():
-                out = self.wrapped(**batch.inputs, sparsity=sizes[0], head_mask=gates.head, neuron_mask=gates.neuron,
-                                   layer_mask=gates.layer)  # fmt: skip
+                out = self.wrapped(
+                    **batch.inputs,
+                    sparsity=sizes[0],
+                    head_mask=gates.head,
+                    neuron_mask=gates.neuron,
+                    layer_mask=gates.layer,
+                )
                 loss = self.task.loss(out.logits, batch.labels)
             self.scaler.scale(loss * scale).backward()
         if dense_phase:  # fp16: the gates' gradients carry the loss scale, and overflow on some steps
@@ -258,8 +279,16 @@ class Trainer:
         rng = gather_objects(self.world, rng_state())
         if not self.world.is_main:
             return
-        path = save_state(self.out_dir, self.model, self.optimizer, self.scheduler, self.state,
-                          self.importance.tensors(), self.args.save_total_limit, rng)  # fmt: skip
+        path = save_state(
+            self.out_dir,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.state,
+            self.importance.tensors(),
+            self.args.save_total_limit,
+            rng,
+        )
         log.info("saved training state %s", path)
 
     def _resume(self, path: Path) -> None:
@@ -310,8 +339,10 @@ def evaluate_ends(
     """The main metric of the densest and the smallest trained size, as logged during training."""
     preds = predict_levels(model, task, eval_ds, list(ends), batch_size, progress=False)
     m = task.main_metric
-    return {f"eval_dense_{m}": task.metrics(preds[ends[0]], eval_ds)[m],
-            f"eval_smallest_{m}": task.metrics(preds[ends[1]], eval_ds)[m]}  # fmt: skip
+    return {
+        f"eval_dense_{m}": task.metrics(preds[ends[0]], eval_ds)[m],
+        f"eval_smallest_{m}": task.metrics(preds[ends[1]], eval_ds)[m],
+    }
 
 
 def make_optimizer(model: ElasticModel, args: TrainArguments) -> torch.optim.Optimizer:
@@ -332,8 +363,11 @@ def _language_groups(
     if not model.languages or batch.languages is None:
         return [(None, None, 1.0)]
     n, groups = len(batch.languages), group_rows(batch.languages)
-    return [(lang, torch.tensor(groups[lang], device=device), len(groups[lang]) / n)
-            for lang in model.languages if lang in groups]  # fmt: skip
+    return [
+        (lang, torch.tensor(groups[lang], device=device), len(groups[lang]) / n)
+        for lang in model.languages
+        if lang in groups
+    ]
 
 
 def _average_losses(world: World, device: torch.device, losses: dict[float, float]) -> dict[float, float]:

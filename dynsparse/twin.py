@@ -33,9 +33,14 @@ MAIN = {"text-classification": "agreement_label", "token-classification": "agree
 
 @torch.inference_mode()
 def agreement_levels(
-    model: ElasticModel, texts: Sequence[Text], levels: Sequence[float], batch_size: int = 64, max_len: int = 128,
-    depth: int | None = None, progress: bool = False,
-) -> dict[float, dict[str, float]]:  # fmt: skip
+    model: ElasticModel,
+    texts: Sequence[Text],
+    levels: Sequence[float],
+    batch_size: int = 64,
+    max_len: int = 128,
+    depth: int | None = None,
+    progress: bool = False,
+) -> dict[float, dict[str, float]]:
     """Per level, its mean agreement with the dense level (sparsity 0, every layer) over `texts`."""
     device = next(model.parameters()).device
     sums: dict[float, dict[str, float]] = {s: {} for s in levels}
@@ -120,8 +125,9 @@ def twin_texts(raw: Any, task: Any, args: Any) -> tuple[list[Text], bool]:
         usual = next((c for c in _TEXTS if c in names), None)
         text, pair, labelled = given or usual or next(iter(_string_columns(raw)), None), None, False
         if text is None:
-            raise InputError(f"no text column found (looked for {', '.join(_TEXTS)}); pass --text_column, "
-                             f"columns: {names}") from None  # fmt: skip
+            raise InputError(
+                f"no text column found (looked for {', '.join(_TEXTS)}); pass --text_column, columns: {names}"
+            ) from None
     first = raw[text]
     second = raw[pair] if pair is not None else [None] * len(first)
     texts: list[Text] = []
@@ -140,13 +146,20 @@ def _string_columns(raw: Any) -> list[str]:
     return [c for c, v in row.items() if isinstance(v, str) or (isinstance(v, list) and v and isinstance(v[0], str))]
 
 
-def add_agreement(rows: list[dict[str, Any]], model: ElasticModel, texts: Sequence[Text], batch_size: int,
-                  max_len: int, progress: bool = True) -> None:  # fmt: skip
+def add_agreement(
+    rows: list[dict[str, Any]],
+    model: ElasticModel,
+    texts: Sequence[Text],
+    batch_size: int,
+    max_len: int,
+    progress: bool = True,
+) -> None:
     """Add the agreement columns to the level table's `rows` (each depth's rows against the dense level)."""
     depths: list[int | None] = [*sorted({int(r["depth"]) for r in rows if r.get("depth") is not None}, reverse=True)]
     for depth in depths or [None]:
         mine = [r for r in rows if r.get("depth") == depth]
-        found = agreement_levels(model, texts, [r["sparsity"] for r in mine], batch_size, max_len,
-                                 model.check_depth(depth), progress)  # fmt: skip
+        found = agreement_levels(
+            model, texts, [r["sparsity"] for r in mine], batch_size, max_len, model.check_depth(depth), progress
+        )
         for r in mine:
             r.update(found[r["sparsity"]])

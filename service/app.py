@@ -38,8 +38,13 @@ log = logging.getLogger(__name__)
 _DESCRIPTION = """One checkpoint, every size: each request picks a sparsity, a named size or a latency budget,
 and is batched with others of the same size. Errors are `{"error": "...", "error_type": "..."}`."""
 
-_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "payload_too_large",
-               415: "unsupported_media_type"}  # fmt: skip
+_HTTP_TYPES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    400: "bad_request",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -37,8 +37,15 @@ def mount_console(app: FastAPI) -> None:
     """Serve the page at `/` and its assets under `/console/` (the assets outside the OpenAPI schema)."""
     app.include_router(router)
     # GET / is in the schema (POST / is the HF Inference route: the path must list every method it answers)
-    app.add_api_route("/", index, methods=["GET"], summary="The operator console (HTML)", operation_id="console",
-                      response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})  # fmt: skip
+    app.add_api_route(
+        "/",
+        index,
+        methods=["GET"],
+        summary="The operator console (HTML)",
+        operation_id="console",
+        response_class=FileResponse,
+        responses={200: {"content": {"text/html": {}}}},
+    )
     # three routes share `/`: one answer for the other methods, naming all three (Starlette names only one)
     others = ["PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"]
     app.add_api_route("/", _not_allowed, methods=others, include_in_schema=False)

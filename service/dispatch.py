@@ -154,8 +154,11 @@ def _size_for(
     if choice.budget_ms is not None:
         plan = rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, allowed, joinable)
         sparsity, reason = plan.sparsity, "budget"
-        if len(allowed) < len(cands) and sparsity < rt.planner.pick(
-            choice.budget_ms, wait_ms, n_inputs, seq_len, cands, joinable).sparsity - 1e-9:  # fmt: skip
+        if (
+            len(allowed) < len(cands)
+            and sparsity
+            < rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, cands, joinable).sparsity - 1e-9
+        ):
             reason = "floor"  # the budget alone would have gone smaller
     else:
         sparsity = rt.policy.low if choice.sparsity is None else choice.sparsity

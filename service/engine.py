@@ -32,8 +32,12 @@ __all__ = ["Engine", "Item", "LabelScore", "Task", "default_batch_wait_ms", "pic
 log = logging.getLogger(__name__)
 
 _MAX_STRUCTURES = 4096  # distinct (sparsity, depth, language) remembered; clients may send any float
-_WARM_UP: dict[Task, Item] = {"classify": ("warm", "up"), "embed": "warm up", "tokens": "warm up",
-                              "answer": ("warm?", "warm up")}  # fmt: skip
+_WARM_UP: dict[Task, Item] = {
+    "classify": ("warm", "up"),
+    "embed": "warm up",
+    "tokens": "warm up",
+    "answer": ("warm?", "warm up"),
+}
 
 
 def _default_threads() -> int:
@@ -241,7 +245,11 @@ class Engine:
         ids, mask, types = self._collate(rows)
         if codec.uses_head:
             out = self.model(
-                input_ids=ids, attention_mask=mask, token_type_ids=types, structure=structure, language=language,
+                input_ids=ids,
+                attention_mask=mask,
+                token_type_ids=types,
+                structure=structure,
+                language=language,
                 unpad=True,
             ).logits
         else:

@@ -35,9 +35,16 @@ class Floor:
 
     @classmethod
     def build(
-        cls, task: Task, book: AgreementBook, policy: SizePolicy, levels: Sequence[dict[str, Any]],
-        metric: str | None, min_agreement: float | None, by_name: Mapping[str, float] | None, min_samples: int,
-    ) -> "Floor":  # fmt: skip
+        cls,
+        task: Task,
+        book: AgreementBook,
+        policy: SizePolicy,
+        levels: Sequence[dict[str, Any]],
+        metric: str | None,
+        min_agreement: float | None,
+        by_name: Mapping[str, float] | None,
+        min_samples: int,
+    ) -> "Floor":
         """The floors of the settings (a floor for a size name the server does not have raises `InputError`)."""
         unknown = sorted(set(by_name or {}) - set(policy.named))
         if unknown:

@@ -42,7 +42,9 @@ class Metrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # stateless: safe in many registries
             r.register(collector)
         self.requests = Counter(
-            "dynsparse_requests", "Requests answered, by status code (errors: size none)", ["endpoint", "size", "code"],
+            "dynsparse_requests",
+            "Requests answered, by status code (errors: size none)",
+            ["endpoint", "size", "code"],
             registry=r,
         )
         self.errors = Counter("dynsparse_errors", "Error responses", ["endpoint", "error_type"], registry=r)

@@ -10,9 +10,17 @@ from pydantic import BaseModel
 
 from service.protocols.common import TIMING_HEADERS
 
-_KINDS = {400: "unsupported", 401: "unauthorized", 404: "not_found", 413: "payload_too_large",
-          415: "unsupported_media_type", 422: "validation", 429: "overloaded", 503: "loading",
-          504: "timeout"}  # fmt: skip
+_KINDS = {
+    400: "unsupported",
+    401: "unauthorized",
+    404: "not_found",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation",
+    429: "overloaded",
+    503: "loading",
+    504: "timeout",
+}
 _RETRY = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 _V1_INFERENCE = ("/v1/classify", "/v1/embed", "/v1/tokens", "/v1/answer")
 

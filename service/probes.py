@@ -38,7 +38,6 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=content_type)
 
 
-
 PROBE_PATHS = ("/healthz", "/readyz", "/health", "/v2/health/live", "/v2/health/ready")
 
 
@@ -47,8 +46,9 @@ def add_head_routes(router: APIRouter, paths: tuple[str, ...] = PROBE_PATHS) -> 
     schema (one operation per path there)."""
     for route in list(router.routes):
         if isinstance(route, APIRoute) and route.path in paths and "GET" in (route.methods or set()):
-            router.add_api_route(route.path.removeprefix(router.prefix), route.endpoint, methods=["HEAD"],
-                                 include_in_schema=False)  # fmt: skip
+            router.add_api_route(
+                route.path.removeprefix(router.prefix), route.endpoint, methods=["HEAD"], include_in_schema=False
+            )
 
 
 add_head_routes(router)

@@ -93,12 +93,27 @@ def _add_quality(rt: Runtime) -> None:
     """Shadow agreement, the agreement floor and SLO goodput, their metrics in the app's registry."""
     s, meta = rt.settings, rt.engine.model.meta
     book = AgreementBook(rt.metrics.registry)
-    rt.shadow = Shadow(s.shadow_fraction, s.shadow_inputs, book, rt.batcher, rt.engine.structure, rt.planner.cost_ms,
-                       timeout_s=s.request_timeout_s)  # fmt: skip
+    rt.shadow = Shadow(
+        s.shadow_fraction,
+        s.shadow_inputs,
+        book,
+        rt.batcher,
+        rt.engine.structure,
+        rt.planner.cost_ms,
+        timeout_s=s.request_timeout_s,
+    )
     levels = [r for r in meta.get("levels", []) if isinstance(r, dict)]
     stored = {round(float(r["sparsity"]), 6): r for r in levels if "sparsity" in r}
-    rt.floor = Floor.build(rt.engine.endpoint, book, rt.policy, levels, _metric(meta, stored), s.min_agreement,
-                           s.min_agreement_sizes, s.agreement_min_samples)  # fmt: skip
+    rt.floor = Floor.build(
+        rt.engine.endpoint,
+        book,
+        rt.policy,
+        levels,
+        _metric(meta, stored),
+        s.min_agreement,
+        s.min_agreement_sizes,
+        s.agreement_min_samples,
+    )
     rt.slo = Slo(rt.metrics.registry, s.slo_window_s)
 
 
@@ -159,8 +174,17 @@ def _profile(engine: Engine, policy: SizePolicy, settings: Settings) -> LatencyP
     return profile
 
 
-_METRICS = ("accuracy", "f1", "exact_match", "accuracy_at_1", "precision", "recall", "matthews_correlation", "pearson",
-            "spearmanr")  # fmt: skip
+_METRICS = (
+    "accuracy",
+    "f1",
+    "exact_match",
+    "accuracy_at_1",
+    "precision",
+    "recall",
+    "matthews_correlation",
+    "pearson",
+    "spearmanr",
+)
 
 
 def _metric(meta: dict[str, Any], stored: dict[float, dict[str, Any]]) -> str | None:

@@ -206,8 +206,17 @@ class ClassifyResponse(Served):
     )
 
 
-_SERVED = {"sparsity": 0.5, "size": None, "latency_ms": 4.2, "queue_ms": 1.1, "inference_ms": 3.1, "budget_met": None,
-           "degraded": False, "depth": 12, "language": None}  # fmt: skip
+_SERVED = {
+    "sparsity": 0.5,
+    "size": None,
+    "latency_ms": 4.2,
+    "queue_ms": 1.1,
+    "inference_ms": 3.1,
+    "budget_met": None,
+    "degraded": False,
+    "depth": 12,
+    "language": None,
+}
 
 
 class EmbedResponse(Served):
@@ -234,8 +243,18 @@ class Entity(BaseModel):
 class TokensResponse(Served):
     """Per input, in input order, its entities (or tagged words) in text order."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [[{"entity_group": "PER", "score": 0.98,
-        "word": "Ada Lovelace", "start": 0, "end": 12}]], **_SERVED}]})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        [{"entity_group": "PER", "score": 0.98, "word": "Ada Lovelace", "start": 0, "end": 12}]
+                    ],
+                    **_SERVED,
+                }
+            ]
+        }
+    )
 
     results: list[list[Entity]]
 
@@ -252,8 +271,11 @@ class Answer(BaseModel):
 class AnswerResponse(Served):
     """One answer per input, in input order."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"results": [
-        {"answer": "London", "score": 0.91, "start": 26, "end": 32}], **_SERVED}]})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"results": [{"answer": "London", "score": 0.91, "start": 26, "end": 32}], **_SERVED}]
+        }
+    )
 
     results: list[Answer]
 
@@ -284,15 +306,41 @@ class Measurement(BaseModel):
 class SizesResponse(BaseModel):
     """The sizes this server serves and what each costs."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "task": "text-classification", "endpoint": "/v1/classify", "endpoints": ["/v1/classify", "/v1/embed"],
-        "levels": [{"sparsity": 0.0, "names": ["dense"], "params": 22713602, "params_encoder": 10646784,
-                    "params_embeddings": 12066816, "flops": 2181038080, "latency_ms": 41.2, "accuracy": 0.81}],
-        "sizes": {"dense": 0.0, "medium": 0.45, "small": 0.9}, "default": {"sparsity": 0.0, "size": None},
-        "allowed": [0.0, 0.9], "grid": None, "metric": "accuracy", "device": "cpu (2 threads), float32",
-        "latency_batch": 8, "latency_seq_len": 128,
-        "profile": [{"sparsity": 0.0, "batch": 8, "seq_len": 128, "latency_ms": 41.2}],
-        "layers": 6, "depth": None, "languages": []}]})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "text-classification",
+                    "endpoint": "/v1/classify",
+                    "endpoints": ["/v1/classify", "/v1/embed"],
+                    "levels": [
+                        {
+                            "sparsity": 0.0,
+                            "names": ["dense"],
+                            "params": 22713602,
+                            "params_encoder": 10646784,
+                            "params_embeddings": 12066816,
+                            "flops": 2181038080,
+                            "latency_ms": 41.2,
+                            "accuracy": 0.81,
+                        }
+                    ],
+                    "sizes": {"dense": 0.0, "medium": 0.45, "small": 0.9},
+                    "default": {"sparsity": 0.0, "size": None},
+                    "allowed": [0.0, 0.9],
+                    "grid": None,
+                    "metric": "accuracy",
+                    "device": "cpu (2 threads), float32",
+                    "latency_batch": 8,
+                    "latency_seq_len": 128,
+                    "profile": [{"sparsity": 0.0, "batch": 8, "seq_len": 128, "latency_ms": 41.2}],
+                    "layers": 6,
+                    "depth": None,
+                    "languages": [],
+                }
+            ]
+        }
+    )
 
     task: str = Field(description="what the checkpoint was trained for, e.g. token-classification")
     endpoint: str = Field(description="its endpoint, e.g. /v1/tokens")

@@ -41,12 +41,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     device: str | None = Field(None, description="torch device; default: cuda when available, else cpu")
     dtype: Dtype = Field(
-        "auto", description="auto: float16 on cuda, bfloat16 on a CPU with bf16 instructions (AMX, AVX512-BF16), "
+        "auto",
+        description="auto: float16 on cuda, bfloat16 on a CPU with bf16 instructions (AMX, AVX512-BF16), "
         "else float32 (see dynsparse.precision)",
     )
-    torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; default: every usable core"
-    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: every usable core")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     # -- sizes

@@ -54,9 +54,11 @@ class AgreementBook:
         self._tallies: dict[tuple[Task, str], Tally] = {}
         r = registry or CollectorRegistry()
         self.samples = Counter(
-            "dynsparse_shadow_samples", "Inputs compared with the dense size (shadow re-runs)", ["task", "size"],
+            "dynsparse_shadow_samples",
+            "Inputs compared with the dense size (shadow re-runs)",
+            ["task", "size"],
             registry=r,
-        )  # fmt: skip
+        )
         self.agreement = Gauge(
             "dynsparse_shadow_agreement",
             "Agreement with the dense size so far (label, top1, span: shares; cosine: mean; kl: mean nats per token)",
@@ -90,8 +92,13 @@ class AgreementBook:
         return {**out, "shadow_samples": tally.samples}
 
 
-def compare(task: Task, served: Sequence[Any], served_rows: Sequence[Any] | None, dense: Sequence[Any],
-            dense_rows: Sequence[Any] | None) -> dict[str, list[float]]:  # fmt: skip
+def compare(
+    task: Task,
+    served: Sequence[Any],
+    served_rows: Sequence[Any] | None,
+    dense: Sequence[Any],
+    dense_rows: Sequence[Any] | None,
+) -> dict[str, list[float]]:
     """Per input, the agreement of the served outputs with the dense ones (see the module's table)."""
     if task == "classify":  # (label id, probability)
         return {"label": label_agreement(_t([o[0] for o in served]), _t([o[0] for o in dense])).tolist()}
@@ -124,9 +131,16 @@ class Shadow:
     """
 
     def __init__(
-        self, fraction: float, inputs: int, book: AgreementBook, batcher: Batcher, structure: Any, cost_ms: Any,
-        timeout_s: float, seed: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        fraction: float,
+        inputs: int,
+        book: AgreementBook,
+        batcher: Batcher,
+        structure: Any,
+        cost_ms: Any,
+        timeout_s: float,
+        seed: int | None = None,
+    ) -> None:
         self.fraction, self.inputs, self.book, self.batcher = fraction, inputs, book, batcher
         self._structure, self._cost_ms, self.timeout_s = structure, cost_ms, timeout_s
         self._rng = random.Random(seed)
@@ -136,14 +150,26 @@ class Shadow:
     def wants(self, sparsity: float, full_depth: bool, language: str | None) -> bool:
         """Whether a request served at `sparsity` is shadowed (drawn at random with `fraction`)."""
         below_dense = sparsity > DENSE + 1e-9
-        return self.fraction > 0 and below_dense and full_depth and language is None and (
-            self._rng.random() < self.fraction)  # fmt: skip
+        return (
+            self.fraction > 0
+            and below_dense
+            and full_depth
+            and language is None
+            and (self._rng.random() < self.fraction)
+        )
 
     def follow(self, task: Task, job: Job, outputs: Sequence[Any], seq_len: int) -> None:
         """Queue the dense re-run of `job`'s first inputs (answered with `outputs`); compare when it is done."""
         k = min(len(job.items), self.inputs)
-        dense = Job(task, job.items[:k], DENSE, self._structure(DENSE), deadline=time.monotonic() + self.timeout_s,
-                    cost_ms=self._cost_ms(DENSE, k, seq_len), keep_rows=job.keep_rows)  # fmt: skip
+        dense = Job(
+            task,
+            job.items[:k],
+            DENSE,
+            self._structure(DENSE),
+            deadline=time.monotonic() + self.timeout_s,
+            cost_ms=self._cost_ms(DENSE, k, seq_len),
+            keep_rows=job.keep_rows,
+        )
         if not self.batcher.submit_idle(dense):
             self.book.jobs.labels("refused").inc()  # the lane is full of older ones, or the server is busy
             return

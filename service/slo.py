@@ -80,13 +80,15 @@ class _WindowCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         rate = GaugeMetricFamily(
-            "dynsparse_goodput_per_second", f"Met latency budgets per second over the last {self.slo.window_s:g} s",
+            "dynsparse_goodput_per_second",
+            f"Met latency budgets per second over the last {self.slo.window_s:g} s",
             labels=["size"],
-        )  # fmt: skip
+        )
         share = GaugeMetricFamily(
-            "dynsparse_budget_met_ratio", f"Share of budgeted requests that met it, last {self.slo.window_s:g} s",
+            "dynsparse_budget_met_ratio",
+            f"Share of budgeted requests that met it, last {self.slo.window_s:g} s",
             labels=["size"],
-        )  # fmt: skip
+        )
         for size, (per_s, met) in sorted(self.slo.window().items()):
             rate.add_metric([size], per_s)
             if met is not None:

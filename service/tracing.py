@@ -63,5 +63,12 @@ class RequestContext:
         finally:
             request_id.reset(token)
             ms = (time.perf_counter() - start) * 1000
-            log.info("%s %s %d %.1fms request_id=%s trace_id=%s", scope["method"], scope["path"], status, ms, rid,
-                     trace or "-")  # fmt: skip
+            log.info(
+                "%s %s %d %.1fms request_id=%s trace_id=%s",
+                scope["method"],
+                scope["path"],
+                status,
+                ms,
+                rid,
+                trace or "-",
+            )

@@ -46,9 +46,13 @@ def make_tokenizer(roberta_style: bool):  # noqa: ANN201
 
 
 def make_tiny(
-    family: str, out: Path, seed: int = 0, dropout: float | None = None, task: str = "text-classification",
+    family: str,
+    out: Path,
+    seed: int = 0,
+    dropout: float | None = None,
+    task: str = "text-classification",
     num_labels: int = 2,
-) -> Path:  # fmt: skip
+) -> Path:
     """A random transformers model of `family` for `task` (a pipeline task name) with a tokenizer, saved at `out`.
 
     `dropout` overrides the family's default dropout probabilities (0 makes training deterministic).
@@ -64,7 +68,7 @@ def make_tiny(
         RobertaConfig,
         RobertaForSequenceClassification,
         XLMRobertaConfig,
-        XLMRobertaForSequenceClassification,  # fmt: skip
+        XLMRobertaForSequenceClassification,
     )
 
     common = {
@@ -81,13 +85,19 @@ def make_tiny(
         "roberta": (RobertaConfig, RobertaForSequenceClassification, {"pad_token_id": 1}),
         "xlm-roberta": (XLMRobertaConfig, XLMRobertaForSequenceClassification, {"pad_token_id": 1}),
         "electra": (ElectraConfig, ElectraForSequenceClassification, {"embedding_size": 16}),
-        "distilbert": (DistilBertConfig, DistilBertForSequenceClassification,
-                       {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}),
-    }  # fmt: skip
+        "distilbert": (
+            DistilBertConfig,
+            DistilBertForSequenceClassification,
+            {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64},
+        ),
+    }
     cfg_cls, model_cls, extra = table[family]
     if dropout is not None:
-        names = ("dropout", "attention_dropout") if family == "distilbert" else \
-            ("hidden_dropout_prob", "attention_probs_dropout_prob")  # fmt: skip
+        names = (
+            ("dropout", "attention_dropout")
+            if family == "distilbert"
+            else ("hidden_dropout_prob", "attention_probs_dropout_prob")
+        )
         extra = {**extra, **dict.fromkeys(names, dropout)}
     torch.manual_seed(seed)
     if task != "text-classification":
@@ -124,7 +134,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train_tiny(
     tiny_dir: Path, out: Path, family: str = "bert", sparsity: dict[str, object] | None = None, **train_kwargs: object
-) -> Path:  # fmt: skip
+) -> Path:
     from dynsparse.recipe import run_training
 
     targs: dict[str, object] = {
@@ -183,8 +193,9 @@ def qa_rows(n: int, seed: int) -> list[dict[str, object]]:
         ids[k] = rng.randrange(90, 100)
         words = [f"w{i}" for i in ids]
         start = len(" ".join(words[:k])) + 1
-        rows.append({"question": "w1 w2", "context": " ".join(words),
-                     "answers": {"text": [words[k]], "answer_start": [start]}})  # fmt: skip
+        rows.append(
+            {"question": "w1 w2", "context": " ".join(words), "answers": {"text": [words[k]], "answer_start": [start]}}
+        )
     return rows
 
 
@@ -199,8 +210,13 @@ def pair_rows(n: int, seed: int) -> list[dict[str, object]]:
     return rows
 
 
-def train_task(tmp: Path, task: str, rows: tuple[list[dict[str, object]], list[dict[str, object]]],
-               max_len: int = 128, steps: int = 150) -> Path:  # fmt: skip
+def train_task(
+    tmp: Path,
+    task: str,
+    rows: tuple[list[dict[str, object]], list[dict[str, object]]],
+    max_len: int = 128,
+    steps: int = 150,
+) -> Path:
     """Train a tiny BERT for `task` on `rows` (train, validation) through the real recipe: `tmp/run`."""
     from dynsparse.recipe import run_training
 
@@ -212,7 +228,7 @@ def train_task(tmp: Path, task: str, rows: tuple[list[dict[str, object]], list[d
         SparsityArguments(),
         TrainArguments(
             output_dir=str(tmp / "run"), max_steps=steps, per_device_train_batch_size=16, learning_rate=2e-3, seed=0
-        ),  # fmt: skip
+        ),
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("tool,args", [("ruff", ["check", "."]), ("mypy", [])])
+@pytest.mark.parametrize("tool,args", [("ruff", ["check", "."]), ("ruff", ["format", "--check", "."]), ("mypy", [])])
 def test_tool_is_clean(tool: str, args: list[str]) -> None:
     if shutil.which(tool) is None and not (Path(sys.executable).parent / tool).exists():
         pytest.skip(f"{tool} not installed (pip install -e '.[dev]')")

@@ -19,15 +19,23 @@ SHAPES = {  # hidden, layers, heads, intermediate
     "minilm": (384, 6, 12, 1536),
     "bert-base": (768, 12, 12, 3072),
 }
-WORDS = ("a gripping funny film with a terrible script and wonderful actors that never quite lands its dull "
-         "predictable ending but the score is moving").split()  # fmt: skip
+WORDS = (
+    "a gripping funny film with a terrible script and wonderful actors that never quite lands its dull "
+    "predictable ending but the score is moving"
+).split()
 
 
 def make_model(name: str, tokenizer_dir: Path, out: Path) -> Path:
     hidden, layers, heads, inner = SHAPES[name]
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=inner, num_labels=2)  # fmt: skip
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inner,
+        num_labels=2,
+    )
     path = out / name
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

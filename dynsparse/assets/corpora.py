@@ -82,8 +82,15 @@ def read_parlspeech(data_dir: Path) -> list[Row]:
             text = (r.get("text") or "").strip()
             chair = (r.get("chair") or "").upper()  # R's TRUE / FALSE
             if text and chair in ("TRUE", "FALSE"):
-                rows.append({"text": text, "label": "chair" if chair == "TRUE" else "member", "language": language,
-                             "party": _value(r.get("party")), "date": _value(r.get("date"))})  # fmt: skip
+                rows.append(
+                    {
+                        "text": text,
+                        "label": "chair" if chair == "TRUE" else "member",
+                        "language": language,
+                        "party": _value(r.get("party")),
+                        "date": _value(r.get("date")),
+                    }
+                )
     return rows
 
 

@@ -66,7 +66,8 @@ def prepare_rotten_tomatoes(out_dir: Path) -> tuple[str, str]:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["text", "label", "movie"])
-            w.writerows([r["text"].strip(), r["category"], r["movie_name"]] for r in rows
-                        if _held_out(r["movie_name"]) == held)  # fmt: skip
+            w.writerows(
+                [r["text"].strip(), r["category"], r["movie_name"]] for r in rows if _held_out(r["movie_name"]) == held
+            )
         tmp.replace(path)
     return str(train), str(valid)

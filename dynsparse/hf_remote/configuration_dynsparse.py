@@ -17,8 +17,9 @@ class DynsparseConfig(PretrainedConfig):
 
     model_type = "dynsparse"
 
-    def __init__(self, dynsparse: dict[str, Any] | None = None, sparsity: float = 0.0, depth: int | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, dynsparse: dict[str, Any] | None = None, sparsity: float = 0.0, depth: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.dynsparse = dict(dynsparse or {})
         self.sparsity = float(sparsity)

@@ -130,15 +130,17 @@ def keep_count(total: int, sparsity: float) -> int:
     return max(1, min(total, math.floor((1.0 - sparsity) * total + 0.5)))
 
 
-def global_structure(sparsity: float, head_scores: Tensor, neuron_scores: Tensor, head_cost: int,
-                     neuron_cost: int) -> Structure:  # fmt: skip
+def global_structure(
+    sparsity: float, head_scores: Tensor, neuron_scores: Tensor, head_cost: int, neuron_cost: int
+) -> Structure:
     """One ranking of all units by importance per parameter; keep the longest prefix within (1 - s) of the cost."""
     layers, heads = head_scores.shape  # (L, H)
     neurons = neuron_scores.shape[1]  # (L, F)
     h = head_scores.double().clamp_min(0)
     n = neuron_scores.double().clamp_min(0)
-    ratio = torch.cat([(h / h.sum().clamp_min(1e-12) / head_cost).flatten(),
-                       (n / n.sum().clamp_min(1e-12) / neuron_cost).flatten()])  # fmt: skip
+    ratio = torch.cat(
+        [(h / h.sum().clamp_min(1e-12) / head_cost).flatten(), (n / n.sum().clamp_min(1e-12) / neuron_cost).flatten()]
+    )
     layer = torch.cat([torch.arange(layers).repeat_interleave(heads), torch.arange(layers).repeat_interleave(neurons)])
     is_head = torch.cat([torch.ones(layers * heads, dtype=torch.bool), torch.zeros(layers * neurons, dtype=torch.bool)])
     pos = torch.cat([torch.arange(heads).repeat(layers), torch.arange(neurons).repeat(layers)])
@@ -188,8 +190,14 @@ class DynsparsePreTrainedModel(PreTrainedModel):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, DynsparseLayer):
-            for w in (module.q_weight, module.k_weight, module.v_weight, module.attn_out_weight_t,
-                      module.ffn_in_weight, module.ffn_out_weight_t):  # fmt: skip
+            for w in (
+                module.q_weight,
+                module.k_weight,
+                module.v_weight,
+                module.attn_out_weight_t,
+                module.ffn_in_weight,
+                module.ffn_out_weight_t,
+            ):
                 nn.init.normal_(w, std=0.02)
 
     def structure(self, sparsity: float | None = None, depth: int | None = None) -> Structure:
@@ -223,8 +231,14 @@ class DynsparsePreTrainedModel(PreTrainedModel):
         kept = set(self.layer_order[:depth])
         return tuple(hn if i in kept else (0, 0) for i, hn in enumerate(width))
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None,
-               sparsity: float | None, depth: int | None) -> Tensor:  # fmt: skip
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        token_type_ids: Tensor | None,
+        sparsity: float | None,
+        depth: int | None,
+    ) -> Tensor:
         """The last hidden states (B, T, H) at a size."""
         mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None  # (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
@@ -245,37 +259,64 @@ class DynsparseModel(DynsparsePreTrainedModel):
     _with_head = False
     _keys_to_ignore_on_load_unexpected = [r"language_(head|neuron)_scores", r"^head\."]
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-                sparsity: float | None = None, depth: int | None = None, **kwargs: Any
-                ) -> BaseModelOutputWithPooling:  # fmt: skip
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        sparsity: float | None = None,
+        depth: int | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, depth)
         pooled = F.normalize(mean_pool(hidden, attention_mask), dim=-1)  # (B, H)
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
 
 class DynsparseForSequenceClassification(DynsparsePreTrainedModel):
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-                sparsity: float | None = None, depth: int | None = None, labels: Tensor | None = None,
-                **kwargs: Any) -> SequenceClassifierOutput:  # fmt: skip
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        sparsity: float | None = None,
+        depth: int | None = None,
+        labels: Tensor | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput:
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, depth)
         logits = self.head(hidden, attention_mask)  # (B, C)
         return SequenceClassifierOutput(loss=_labels_loss(logits, labels), logits=logits)
 
 
 class DynsparseForTokenClassification(DynsparsePreTrainedModel):
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-                sparsity: float | None = None, depth: int | None = None, labels: Tensor | None = None,
-                **kwargs: Any) -> TokenClassifierOutput:  # fmt: skip
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        sparsity: float | None = None,
+        depth: int | None = None,
+        labels: Tensor | None = None,
+        **kwargs: Any,
+    ) -> TokenClassifierOutput:
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, depth)
         logits = self.head(hidden, attention_mask)  # (B, T, C)
         return TokenClassifierOutput(loss=_labels_loss(logits, labels), logits=logits)
 
 
 class DynsparseForQuestionAnswering(DynsparsePreTrainedModel):
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, token_type_ids: Tensor | None = None,
-                sparsity: float | None = None, depth: int | None = None, **kwargs: Any
-                ) -> QuestionAnsweringModelOutput:  # fmt: skip
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        sparsity: float | None = None,
+        depth: int | None = None,
+        **kwargs: Any,
+    ) -> QuestionAnsweringModelOutput:
         hidden = self.encode(input_ids, attention_mask, token_type_ids, sparsity, depth)
         start, end = self.head(hidden, attention_mask).split(1, dim=-1)  # (B, T, 1) each
-        return QuestionAnsweringModelOutput(start_logits=start.squeeze(-1).contiguous(),
-                                            end_logits=end.squeeze(-1).contiguous())  # fmt: skip
+        return QuestionAnsweringModelOutput(
+            start_logits=start.squeeze(-1).contiguous(), end_logits=end.squeeze(-1).contiguous()
+        )

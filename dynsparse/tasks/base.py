@@ -20,8 +20,13 @@ def distill_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor
     gradients keep their size (Hinton et al.)."""
     t = temperature
     s, p = student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1])
-    return F.kl_div(F.log_softmax(s.float() / t, -1), F.log_softmax(p.float() / t, -1), log_target=True,
-                    reduction="batchmean") * t * t  # fmt: skip
+    return (
+        F.kl_div(
+            F.log_softmax(s.float() / t, -1), F.log_softmax(p.float() / t, -1), log_target=True, reduction="batchmean"
+        )
+        * t
+        * t
+    )
 
 
 def pick_column(names: list[str], given: str | None, candidates: tuple[str, ...], what: str, flag: str) -> str:
@@ -90,8 +95,9 @@ def keep_columns(ds: Dataset, keep: tuple[str, ...]) -> list[str]:
     return [c for c in ds.column_names if c not in keep]
 
 
-def map_or_fail(ds: Dataset, fn: Callable[[dict[str, list[Any]]], dict[str, Any]], remove: list[str],
-                what: str) -> Dataset:  # fmt: skip
+def map_or_fail(
+    ds: Dataset, fn: Callable[[dict[str, list[Any]]], dict[str, Any]], remove: list[str], what: str
+) -> Dataset:
     """`ds.map(fn, batched=True)` where a tokenizer error on odd input is bad data, not a crash."""
     try:
         return ds.map(fn, batched=True, remove_columns=remove, desc=f"tokenising {what}")

@@ -47,8 +47,13 @@ class SentenceEmbedding(Task):
             b = tokenizer([str(t) for t in batch[b_col]], truncation=True, max_length=max_len)["input_ids"]
             return {"input_ids": a, "pair_ids": b}
 
-        ds = ds.filter(lambda rows: [isinstance(x, str) and isinstance(y, str) and x.strip() and y.strip()
-                                     for x, y in zip(rows[a_col], rows[b_col], strict=True)], batched=True)  # fmt: skip
+        ds = ds.filter(
+            lambda rows: [
+                isinstance(x, str) and isinstance(y, str) and x.strip() and y.strip()
+                for x, y in zip(rows[a_col], rows[b_col], strict=True)
+            ],
+            batched=True,
+        )
         if len(ds) < 2:
             raise InputError(f"{what}: sentence embeddings need at least 2 non-empty pairs, found {len(ds)}")
         remove = [c for c in ds.column_names if c != LANGUAGE]
@@ -87,8 +92,11 @@ class SentenceEmbedding(Task):
         target = torch.arange(len(preds))
         forward = float((sim.argmax(1) == target).float().mean())
         backward = float((sim.argmax(0) == target).float().mean())
-        return {"accuracy_at_1": (forward + backward) / 2, "accuracy_at_1_forward": forward,
-                "accuracy_at_1_backward": backward}  # fmt: skip
+        return {
+            "accuracy_at_1": (forward + backward) / 2,
+            "accuracy_at_1_forward": forward,
+            "accuracy_at_1_backward": backward,
+        }
 
 
 def similarities(out: Tensor) -> Tensor:

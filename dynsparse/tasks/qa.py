@@ -72,8 +72,10 @@ class QuestionAnswering(Task):
         return (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
 
     def distill(self, student: Tensor, teacher: Tensor, labels: Tensor, temperature: float) -> Tensor:
-        parts = [super(QuestionAnswering, self).distill(student[..., k], teacher[..., k], labels, temperature)
-                 for k in (0, 1)]  # fmt: skip
+        parts = [
+            super(QuestionAnswering, self).distill(student[..., k], teacher[..., k], labels, temperature)
+            for k in (0, 1)
+        ]
         return (parts[0] + parts[1]) / 2
 
     def gather(self, out: Tensor, labels: Tensor | None) -> list[Any]:
@@ -96,8 +98,11 @@ class QuestionAnswering(Task):
 
 def _answers(value: Any, what: str) -> list[tuple[str, int]]:
     """(text, start character) pairs from SQuAD's {"text": [...], "answer_start": [...]}."""
-    if not isinstance(value, dict) or not isinstance(value.get("text"), list) \
-            or not isinstance(value.get("answer_start"), list):  # fmt: skip
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("text"), list)
+        or not isinstance(value.get("answer_start"), list)
+    ):
         raise InputError(f"{what}: answers must be {{'text': [...], 'answer_start': [...]}}, got {str(value)[:80]}")
     return [(str(t), int(s)) for t, s in zip(value["text"], value["answer_start"], strict=False)]
 
@@ -144,8 +149,10 @@ def encode_windows(tokenizer: Any, questions: list[str], contexts: list[str], ma
     )
     sample = enc.pop("overflow_to_sample_mapping")
     offsets = enc.pop("offset_mapping")
-    ctx = [[(o[0], o[1]) if s == 1 else None for o, s in zip(offsets[i], enc.sequence_ids(i), strict=True)]
-           for i in range(len(sample))]  # fmt: skip
+    ctx = [
+        [(o[0], o[1]) if s == 1 else None for o, s in zip(offsets[i], enc.sequence_ids(i), strict=True)]
+        for i in range(len(sample))
+    ]
     return Windows(enc, list(sample), ctx)
 
 

@@ -102,11 +102,16 @@ class TokenClassification(Task):
         refs = [[self.labels[t] for t in row if t != IGNORE] for row in ds["labels"]]
         hyps = [[self.labels[t] for t in row] for row in preds]
         words = sum(len(r) for r in refs)
-        out = {"accuracy": sum(a == b for r, h in zip(refs, hyps, strict=True) for a, b in zip(r, h, strict=True))
-               / max(words, 1)}  # fmt: skip
+        out = {
+            "accuracy": sum(a == b for r, h in zip(refs, hyps, strict=True) for a, b in zip(r, h, strict=True))
+            / max(words, 1)
+        }
         if is_bio(self.labels):
-            out.update(f1=f1_score(refs, hyps, zero_division=0), precision=precision_score(refs, hyps, zero_division=0),
-                       recall=recall_score(refs, hyps, zero_division=0))  # fmt: skip
+            out.update(
+                f1=f1_score(refs, hyps, zero_division=0),
+                precision=precision_score(refs, hyps, zero_division=0),
+                recall=recall_score(refs, hyps, zero_division=0),
+            )
         return {k: float(v) for k, v in out.items()}
 
 

@@ -51,8 +51,13 @@ def size_query(
 ) -> dict[str, Any]:
     """The size in the query string (`?size=small`): for clients that only let you set a URL, such as
     `huggingface_hub.InferenceClient(base_url=URL + "/embed?size=small")`."""
-    given = {"sparsity": sparsity, "size": size, "latency_budget_ms": latency_budget_ms, "depth": depth,
-             "language": language}  # fmt: skip
+    given = {
+        "sparsity": sparsity,
+        "size": size,
+        "latency_budget_ms": latency_budget_ms,
+        "depth": depth,
+        "language": language,
+    }
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -180,14 +185,23 @@ TIMING_HEADERS: dict[str, Any] = {  # for the OpenAPI schema of every inference 
     "x-tokenization-time": {"description": "ms the batch's tokenizer call took (shared)", "schema": {"type": "number"}},
     "x-compute-tokens": {"description": "tokens the model read for this request", "schema": {"type": "integer"}},
     "x-compute-characters": {"description": "characters of this request's inputs", "schema": {"type": "integer"}},
-    "x-request-id": {"description": "the request's id (the client's X-Request-ID, or generated)",
-                     "schema": {"type": "string"}},
-}  # fmt: skip
+    "x-request-id": {
+        "description": "the request's id (the client's X-Request-ID, or generated)",
+        "schema": {"type": "string"},
+    },
+}
 
 _OPENAI_PATHS = ("/v1/embeddings", "/v1/models")
-_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-                 422: "invalid_request_error", 429: "rate_limit_error"}  # fmt: skip
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 def error_body(

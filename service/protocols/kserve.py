@@ -216,12 +216,14 @@ async def model_metadata(model: str, rt: RuntimeDep) -> ModelMetadata:
         inputs.append(MetadataTensor(name="text_pair", datatype="BYTES", shape=[-1]))
     outputs = [MetadataTensor(name=n, datatype=d, shape=s) for n, (d, s) in _output_specs(rt).items()]
     params = {"task": rt.engine.task, "sizes": dict(rt.policy.named)}
-    return ModelMetadata(name=model, versions=["1"], platform="dynsparse", inputs=inputs, outputs=outputs,
-                         parameters=params)  # fmt: skip
+    return ModelMetadata(
+        name=model, versions=["1"], platform="dynsparse", inputs=inputs, outputs=outputs, parameters=params
+    )
 
 
-@router.get("/models/{model}/ready", summary="KServe: model readiness", operation_id="kserve_model_ready",
-            responses=_NOT_FOUND)  # fmt: skip
+@router.get(
+    "/models/{model}/ready", summary="KServe: model readiness", operation_id="kserve_model_ready", responses=_NOT_FOUND
+)
 async def model_ready(model: str, rt: RuntimeDep) -> ModelReady:
     """200 once the model serves; 503 while it loads or drains."""
     _resolve(rt, model)
@@ -241,8 +243,12 @@ def _output_specs(rt: Runtime) -> dict[str, tuple[str, list[int]]]:
     task = rt.engine.endpoint
     if task == "classify":
         probs = ("FP32", [-1, len(rt.engine.labels)])
-        return {"label": ("BYTES", [-1]), "score": ("FP32", [-1]), "probabilities": probs,
-                "embedding": ("FP32", [-1, -1])}  # fmt: skip
+        return {
+            "label": ("BYTES", [-1]),
+            "score": ("FP32", [-1]),
+            "probabilities": probs,
+            "embedding": ("FP32", [-1, -1]),
+        }
     if task == "tokens":
         return {"entities": ("BYTES", [-1]), "embedding": ("FP32", [-1, -1])}
     if task == "answer":
@@ -268,8 +274,14 @@ _INFER_OK: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/models/{model}/infer", summary="KServe: inference at a chosen size", operation_id="kserve_infer",
-             openapi_extra=_INFER_BODY, responses=_INFER_OK, response_model=InferResponse)  # fmt: skip
+@router.post(
+    "/models/{model}/infer",
+    summary="KServe: inference at a chosen size",
+    operation_id="kserve_infer",
+    openapi_extra=_INFER_BODY,
+    responses=_INFER_OK,
+    response_model=InferResponse,
+)
 async def infer(model: str, rt: RuntimeDep, request: Request, response: Response) -> Response:
     """`text` (and `text_pair`) in, the task's outputs out; the size in `parameters` or the model name."""
     chosen = _resolve(rt, model)
@@ -308,8 +320,10 @@ def _inputs(body: InferRequest, chunks: bytes) -> list[Any]:
     tensors, at = {}, 0
     for t in body.inputs:
         if t.name in tensors or t.name not in ("text", "text_pair"):
-            raise Unsupported(f"input {t.name[:40]!r}: the inputs are a BYTES tensor 'text' [N] and optionally "
-                              "'text_pair' [N], each once")  # fmt: skip
+            raise Unsupported(
+                f"input {t.name[:40]!r}: the inputs are a BYTES tensor 'text' [N] and optionally "
+                "'text_pair' [N], each once"
+            )
         size = (t.parameters or {}).get("binary_data_size")
         raw = None
         if size is not None:
@@ -383,8 +397,9 @@ def _wanted(rt: Runtime, body: InferRequest) -> list[str]:
 Outputs = dict[str, tuple[str, list[int], list[Any]]]
 
 
-async def _run(rt: Runtime, request: Request, response: Response, task: str, texts: list[Any],
-               *selectors: dict[str, Any]) -> tuple[Outputs, dict[str, Any]]:  # fmt: skip
+async def _run(
+    rt: Runtime, request: Request, response: Response, task: str, texts: list[Any], *selectors: dict[str, Any]
+) -> tuple[Outputs, dict[str, Any]]:
     """Serve `texts` on `task`; the output tensors as (datatype, shape, flat values)."""
     n = len(texts)
     if task == "embed":
@@ -403,8 +418,15 @@ async def _run(rt: Runtime, request: Request, response: Response, task: str, tex
         if any(not isinstance(t, str) for t in texts):
             raise Unsupported("token classification takes 'text' alone, not 'text_pair'")
         outcome = await serve(rt, request, response, "tokens", build_request(TokensRequest, texts, *selectors))
-        found = [json.dumps([{"entity_group": e.label, "score": e.score, "word": e.word, "start": e.start,
-                              "end": e.end} for e in es]) for es in outcome.outputs]  # fmt: skip
+        found = [
+            json.dumps(
+                [
+                    {"entity_group": e.label, "score": e.score, "word": e.word, "start": e.start, "end": e.end}
+                    for e in es
+                ]
+            )
+            for es in outcome.outputs
+        ]
         return {"entities": ("BYTES", [n], found)}, outcome.served
     if any(isinstance(t, str) for t in texts):
         raise Unsupported("question answering takes 'text' (the questions) and 'text_pair' (their contexts)")

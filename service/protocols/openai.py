@@ -107,9 +107,19 @@ class Model(BaseModel):
 
 
 class ModelList(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"object": "list", "data": [
-        {"id": "sst2", "object": "model", "created": 0, "owned_by": "dynsparse"},
-        {"id": "sst2:small", "object": "model", "created": 0, "owned_by": "dynsparse"}]}]})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": "sst2", "object": "model", "created": 0, "owned_by": "dynsparse"},
+                        {"id": "sst2:small", "object": "model", "created": 0, "owned_by": "dynsparse"},
+                    ],
+                }
+            ]
+        }
+    )
 
     object: Literal["list"] = "list"
     data: list[Model]
@@ -140,8 +150,9 @@ _EMBED_OK: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("/embeddings", summary="OpenAI: embeddings at a chosen size", operation_id="openai_embeddings",
-             responses=_EMBED_OK)  # fmt: skip
+@router.post(
+    "/embeddings", summary="OpenAI: embeddings at a chosen size", operation_id="openai_embeddings", responses=_EMBED_OK
+)
 async def embeddings(
     body: Annotated[EmbeddingsRequest, Body(openapi_examples=_EXAMPLES)],
     rt: RuntimeDep,
@@ -161,8 +172,9 @@ async def embeddings(
     sized = build_request(EmbedRequest, texts, selector_of_model(rt, body.model), body.selectors())
     outcome = await serve(rt, request, response, "embed", sized)
     data = [Embedding(index=i, embedding=_encode(v, body.encoding_format)) for i, v in enumerate(outcome.outputs)]
-    return EmbeddingsResponse(data=data, model=body.model, usage=Usage(prompt_tokens=outcome.tokens,
-                                                                        total_tokens=outcome.tokens))  # fmt: skip
+    return EmbeddingsResponse(
+        data=data, model=body.model, usage=Usage(prompt_tokens=outcome.tokens, total_tokens=outcome.tokens)
+    )
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

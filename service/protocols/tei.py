@@ -123,14 +123,36 @@ class ModelType(BaseModel):
 class Info(BaseModel):
     """TEI's /info, plus dynsparse's sizes."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "model_id": "sst2", "model_sha": None, "model_dtype": "float32",
-        "model_type": {"classifier": {"id2label": {"0": "negative", "1": "positive"},
-                                      "label2id": {"negative": 0, "positive": 1}}},
-        "max_concurrent_requests": 256, "max_input_length": 510, "max_batch_tokens": 16320, "max_batch_requests": 32,
-        "max_client_batch_size": 64, "tokenization_workers": 1, "version": "0.1.0", "sha": None, "docker_label": None,
-        "task": "text-classification", "sizes": {"dense": 0.0, "medium": 0.45, "small": 0.9},
-        "default": {"sparsity": 0.0, "size": None}, "allowed": [0.0, 0.9]}]})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "sst2",
+                    "model_sha": None,
+                    "model_dtype": "float32",
+                    "model_type": {
+                        "classifier": {
+                            "id2label": {"0": "negative", "1": "positive"},
+                            "label2id": {"negative": 0, "positive": 1},
+                        }
+                    },
+                    "max_concurrent_requests": 256,
+                    "max_input_length": 510,
+                    "max_batch_tokens": 16320,
+                    "max_batch_requests": 32,
+                    "max_client_batch_size": 64,
+                    "tokenization_workers": 1,
+                    "version": "0.1.0",
+                    "sha": None,
+                    "docker_label": None,
+                    "task": "text-classification",
+                    "sizes": {"dense": 0.0, "medium": 0.45, "small": 0.9},
+                    "default": {"sparsity": 0.0, "size": None},
+                    "allowed": [0.0, 0.9],
+                }
+            ]
+        }
+    )
 
     model_id: str
     model_sha: str | None = None
@@ -168,8 +190,13 @@ async def embed(
     return list(outcome.outputs)
 
 
-@router.post("/predict", summary="TEI: every label's score at a chosen size", operation_id="tei_predict",
-             responses={**_ok(_SCORES), **OTHER_TASK}, dependencies=[Depends(serving("classify"))])  # fmt: skip
+@router.post(
+    "/predict",
+    summary="TEI: every label's score at a chosen size",
+    operation_id="tei_predict",
+    responses={**_ok(_SCORES), **OTHER_TASK},
+    dependencies=[Depends(serving("classify"))],
+)
 async def predict(
     body: Annotated[PredictInput, Body()], rt: RuntimeDep, request: Request, response: Response, query: SizeQuery
 ) -> list[Score] | list[list[Score]]:
@@ -184,12 +211,20 @@ async def predict(
     return results[0] if single else results
 
 
-_TOKENS = [[{"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
-            {"id": 2307, "text": "good", "special": False, "start": 0, "stop": 4}]]  # fmt: skip
+_TOKENS = [
+    [
+        {"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
+        {"id": 2307, "text": "good", "special": False, "start": 0, "stop": 4},
+    ]
+]
 
 
-@router.post("/tokenize", summary="TEI: the tokenizer's tokens", operation_id="tei_tokenize",
-             responses={200: {"content": {"application/json": {"example": _TOKENS}}}})  # fmt: skip
+@router.post(
+    "/tokenize",
+    summary="TEI: the tokenizer's tokens",
+    operation_id="tei_tokenize",
+    responses={200: {"content": {"application/json": {"example": _TOKENS}}}},
+)
 async def tokenize(body: TokenizeInput, rt: RuntimeDep) -> list[list[SimpleToken]]:
     """Per text, its tokens with character offsets (`start`, `stop`; none for special tokens)."""
     if body.prompt_name is not None:
@@ -207,11 +242,18 @@ def _tokenize(tokenizer: Any, texts: list[str], specials: bool) -> list[list[dic
     out = []
     for k, text in enumerate(texts):
         ids, marks, offsets = enc["input_ids"][k], enc["special_tokens_mask"][k], enc["offset_mapping"][k]
-        out.append([
-            {"id": i, "text": tokenizer.convert_ids_to_tokens(i) if m else text[a:b], "special": bool(m),
-             "start": None if m else a, "stop": None if m else b}
-            for i, m, (a, b) in zip(ids, marks, offsets, strict=True)
-        ])  # fmt: skip
+        out.append(
+            [
+                {
+                    "id": i,
+                    "text": tokenizer.convert_ids_to_tokens(i) if m else text[a:b],
+                    "special": bool(m),
+                    "start": None if m else a,
+                    "stop": None if m else b,
+                }
+                for i, m, (a, b) in zip(ids, marks, offsets, strict=True)
+            ]
+        )
     return out
 
 
@@ -239,25 +281,37 @@ async def info(rt: RuntimeDep) -> Info:
 def _model_type(rt: Runtime) -> dict[str, Any]:
     labels = rt.engine.labels
     ids = {"id2label": dict(enumerate(labels)), "label2id": {x: i for i, x in enumerate(labels)}}
-    kind = {"text-classification": "classifier", "token-classification": "token_classifier",
-            "question-answering": "question_answering"}.get(rt.engine.task)  # fmt: skip
+    kind = {
+        "text-classification": "classifier",
+        "token-classification": "token_classifier",
+        "question-answering": "question_answering",
+    }.get(rt.engine.task)
     return {kind: ids} if kind else {"embedding": {"pooling": "mean"}}
 
 
-@router.get("/health", summary="TEI: 200 once the model serves", operation_id="tei_health",
-            responses={503: ERRORS[503]})  # fmt: skip
+@router.get(
+    "/health", summary="TEI: 200 once the model serves", operation_id="tei_health", responses={503: ERRORS[503]}
+)
 async def health(rt: RuntimeDep) -> Health:
     """200 when the model is loaded and serving; 503 while it loads or drains (as /readyz)."""
     return Health(status="ok")
 
 
 # -- an Inference endpoint: POST / answers as the checkpoint's task -------------------------------------------------
-_PARAMETERS = {"classify": {"top_k", "function_to_apply"}, "tokens": {"aggregation_strategy"},
-               "answer": {"top_k"}, "embed": set()}  # fmt: skip
+_PARAMETERS = {
+    "classify": {"top_k", "function_to_apply"},
+    "tokens": {"aggregation_strategy"},
+    "answer": {"top_k"},
+    "embed": set(),
+}
 
 
-@router.post("/", summary="HF Inference: the checkpoint's task at a chosen size", operation_id="hf_infer",
-             responses=_ok([_SCORES]))  # fmt: skip
+@router.post(
+    "/",
+    summary="HF Inference: the checkpoint's task at a chosen size",
+    operation_id="hf_infer",
+    responses=_ok([_SCORES]),
+)
 async def infer(
     body: Annotated[InferenceInput, Body()], rt: RuntimeDep, request: Request, response: Response, query: SizeQuery
 ) -> Any:
@@ -270,8 +324,10 @@ async def infer(
     unknown = sorted(set(params) - _PARAMETERS[task])
     if unknown:
         known = ", ".join(sorted(_PARAMETERS[task] | set(SELECTORS)))
-        raise Unsupported(f"parameter {unknown[0][:40]!r} is not supported for {rt.engine.task}; known: {known}",
-                          f"parameters.{unknown[0][:40]}")  # fmt: skip
+        raise Unsupported(
+            f"parameter {unknown[0][:40]!r} is not supported for {rt.engine.task}; known: {known}",
+            f"parameters.{unknown[0][:40]}",
+        )
     _check_options(body)
     selectors = (body.selectors(), sizes, query)
     if task == "classify":
@@ -288,8 +344,9 @@ async def infer(
 Selectors = tuple[dict[str, Any], ...]
 
 
-async def _classify(rt: Runtime, request: Request, response: Response, inputs: Any, params: dict[str, Any],
-                    selectors: Selectors) -> list[list[Score]]:  # fmt: skip
+async def _classify(
+    rt: Runtime, request: Request, response: Response, inputs: Any, params: dict[str, Any], selectors: Selectors
+) -> list[list[Score]]:
     """A list of scores per input, best first (`top_k`: the first k; `function_to_apply`: softmax, sigmoid or
     none), as the text-classification pipeline answers with `top_k=None`."""
     top_k, kind = params.get("top_k"), params.get("function_to_apply") or "softmax"
@@ -309,13 +366,16 @@ def _pair(x: Any) -> Any:
     return x
 
 
-async def _tokens(rt: Runtime, request: Request, response: Response, inputs: Any, params: dict[str, Any],
-                  selectors: Selectors) -> list[Any]:  # fmt: skip
+async def _tokens(
+    rt: Runtime, request: Request, response: Response, inputs: Any, params: dict[str, Any], selectors: Selectors
+) -> list[Any]:
     """Entities as the token-classification pipeline groups them (`aggregation_strategy="simple"`)."""
     strategy = params.get("aggregation_strategy")
     if strategy not in (None, "simple"):
-        raise Unsupported(f"aggregation_strategy {strategy!r:.40} is not supported: entities are grouped as 'simple'",
-                          "parameters.aggregation_strategy")  # fmt: skip
+        raise Unsupported(
+            f"aggregation_strategy {strategy!r:.40} is not supported: entities are grouped as 'simple'",
+            "parameters.aggregation_strategy",
+        )
     outcome = await serve(rt, request, response, "tokens", build_request(TokensRequest, _listed(inputs), *selectors))
     results = [[_entity(e) for e in found] for found in outcome.outputs]
     return results[0] if isinstance(inputs, str) else results
@@ -325,8 +385,9 @@ def _entity(e: EntitySpan) -> dict[str, Any]:
     return {"entity_group": e.label, "score": e.score, "word": e.word, "start": e.start, "end": e.end}
 
 
-async def _answer(rt: Runtime, request: Request, response: Response, inputs: Any, params: dict[str, Any],
-                  selectors: Selectors) -> Any:  # fmt: skip
+async def _answer(
+    rt: Runtime, request: Request, response: Response, inputs: Any, params: dict[str, Any], selectors: Selectors
+) -> Any:
     """The best span per question, as the question-answering pipeline answers (one dict for one question)."""
     if params.get("top_k") not in (None, 1):
         raise Unsupported("top_k is not supported: one answer per question", "parameters.top_k")

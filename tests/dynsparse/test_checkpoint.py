@@ -53,12 +53,15 @@ def test_unknown_format_version(ckpt_copy: Path) -> None:
         dynsparse.load(str(ckpt_copy))
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("labels", "not-a-list", "labels"),
-    ("sparsity_range", [0, 1e308], "sparsity_range"),
-    ("allocation", 12, "allocation"),
-    ("levels", {"a": 1}, "levels"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("labels", "not-a-list", "labels"),
+        ("sparsity_range", [0, 1e308], "sparsity_range"),
+        ("allocation", 12, "allocation"),
+        ("levels", {"a": 1}, "levels"),
+    ],
+)
 def test_hostile_json_is_refused(ckpt_copy: Path, field: str, value: object, message: str) -> None:
     meta = json.loads((ckpt_copy / "dynsparse.json").read_text())
     meta[field] = value

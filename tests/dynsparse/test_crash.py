@@ -22,14 +22,31 @@ from dynsparse.recipe import run_training
 from dynsparse.train_state import list_states, resolve_resume
 
 STEPS, SAVE, BATCH, LR = 36, 4, 16, 2e-3
-STATE_FILES = ("model.safetensors", "config.json", "dynsparse.json", "optimizer.pt", "scheduler.pt",
-               "rng_state.pt", "importance.safetensors", "trainer_state.json")  # fmt: skip
+STATE_FILES = (
+    "model.safetensors",
+    "config.json",
+    "dynsparse.json",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pt",
+    "importance.safetensors",
+    "trainer_state.json",
+)
 
 
 def _command(tiny_dir: Path, out: Path, resume: bool) -> list[str]:
-    flags = {"model_name_or_path": tiny_dir / "bert", "train_file": tiny_dir / "train.csv", "output_dir": out,
-             "max_steps": STEPS, "save_steps": SAVE, "per_device_train_batch_size": BATCH, "learning_rate": LR,
-             "seed": 0, "logging_steps": 1, "eval_levels": 2}  # fmt: skip
+    flags = {
+        "model_name_or_path": tiny_dir / "bert",
+        "train_file": tiny_dir / "train.csv",
+        "output_dir": out,
+        "max_steps": STEPS,
+        "save_steps": SAVE,
+        "per_device_train_batch_size": BATCH,
+        "learning_rate": LR,
+        "seed": 0,
+        "logging_steps": 1,
+        "eval_levels": 2,
+    }
     argv = [f"--{k}={v}" for k, v in flags.items()] + (["--resume_from_checkpoint=latest"] if resume else [])
     return [sys.executable, "-m", "dynsparse.cli", "train", *argv]
 
@@ -106,7 +123,7 @@ def _reference(tiny_dir: Path, out: Path) -> dict[str, torch.Tensor]:
                 seed=0,
                 logging_steps=1,
                 eval_levels=2,
-            ),  # fmt: skip
+            ),
         )
     finally:
         torch.set_num_threads(threads)

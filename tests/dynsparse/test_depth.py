@@ -108,12 +108,31 @@ def test_training_with_elastic_depth_teaches_the_shallow_model(depth_ckpt: Path,
 
 def test_cli_evaluates_depths_and_refuses_a_bad_one(
     depth_ckpt: Path, tiny_ckpt: Path, tiny_dir: Path, tmp_path: Path
-) -> None:  # fmt: skip
+) -> None:
     def evaluate(ckpt: Path, out: Path, *depths: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "dynsparse.cli", "evaluate", str(ckpt), "--depths", *depths,
-                               "--validation_file", str(tiny_dir / "validation.csv"), "--output_dir", str(out),
-                               "--levels", "0", "0.5", "--latency_seq_len", "16"],
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dynsparse.cli",
+                "evaluate",
+                str(ckpt),
+                "--depths",
+                *depths,
+                "--validation_file",
+                str(tiny_dir / "validation.csv"),
+                "--output_dir",
+                str(out),
+                "--levels",
+                "0",
+                "0.5",
+                "--latency_seq_len",
+                "16",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     bad = evaluate(depth_ckpt, tmp_path / "bad", "3")
     assert bad.returncode == 2 and "depth must be a whole number of layers from 1 to 2" in bad.stderr

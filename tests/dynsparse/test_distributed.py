@@ -68,8 +68,9 @@ def test_gradients_are_all_reduced_once_per_optimizer_step(tmp_path: Path) -> No
 
     model, train = make_tiny("bert", tmp_path / "bert", dropout=0.0), write_csv(tmp_path / "train.csv", 32, 0)
     s = setup(ModelArguments(str(model)), DataArguments(train_file=str(train)), SparsityArguments())
-    args = TrainArguments(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4,
-                          gradient_accumulation_steps=2)  # fmt: skip
+    args = TrainArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=4, gradient_accumulation_steps=2
+    )
     natural = SparsityArguments(importance="natural")  # sandwich steps from the start: 4 sizes each
     trainer = Trainer(s.model, SequenceClassification(["neg", "pos"]), s.train_ds, None, args, natural)
     calls: list[int] = []
@@ -104,15 +105,38 @@ def _weights_close(a_dir: Path, b_dir: Path, atol: float) -> None:
 
 
 # 6 steps of 2 micro-batches: 2 steps of Taylor importance (gates all-reduced), a rewire, 4 sandwich steps
-FLAGS = {"max_steps": 6, "gradient_accumulation_steps": 2, "learning_rate": 2e-3, "seed": 0, "logging_steps": 1,
-         "save_steps": 3, "importance_ratio": 0.34}  # fmt: skip
+FLAGS = {
+    "max_steps": 6,
+    "gradient_accumulation_steps": 2,
+    "learning_rate": 2e-3,
+    "seed": 0,
+    "logging_steps": 1,
+    "save_steps": 3,
+    "importance_ratio": 0.34,
+}
 
 
 def _torchrun(model: Path, train: Path, out: Path, *extra: str) -> None:
     """train.py in two gloo processes of 4 examples per micro-batch each (global micro-batch 8)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train.py",
-           "--model_name_or_path", str(model), "--train_file", str(train), "--output_dir", str(out),
-           "--per_device_train_batch_size", "4", *(f"--{k}={v}" for k, v in FLAGS.items()), *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "train.py",
+        "--model_name_or_path",
+        str(model),
+        "--train_file",
+        str(train),
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        *(f"--{k}={v}" for k, v in FLAGS.items()),
+        *extra,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
@@ -125,11 +149,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model, train = make_tiny("bert", root / "bert", dropout=0.0), write_csv(root / "train.csv", 160, 0)
     _torchrun(model, train, root / "ddp")
     run_training(
-        ModelArguments(model_name_or_path=str(model)), DataArguments(train_file=str(train)),
+        ModelArguments(model_name_or_path=str(model)),
+        DataArguments(train_file=str(train)),
         SparsityArguments(importance_ratio=FLAGS["importance_ratio"]),
-        TrainArguments(output_dir=str(root / "one"), per_device_train_batch_size=8,
-                       **{k: v for k, v in FLAGS.items() if k != "importance_ratio"}),  # type: ignore[arg-type]
-    )  # fmt: skip
+        TrainArguments(
+            output_dir=str(root / "one"),
+            per_device_train_batch_size=8,
+            **{k: v for k, v in FLAGS.items() if k != "importance_ratio"},
+        ),  # type: ignore[arg-type]
+    )
     return {"model": model, "train": train, "ddp": root / "ddp", "one": root / "one"}
 
 
@@ -158,11 +186,15 @@ def test_elastic_depth_trains_the_same_on_two_processes(runs: dict[str, Path], t
     depth = {"min_depth": 1, "layer_order": "taylor"}
     _torchrun(runs["model"], runs["train"], tmp_path / "ddp", *(f"--{k}={v}" for k, v in depth.items()))
     run_training(
-        ModelArguments(model_name_or_path=str(runs["model"])), DataArguments(train_file=str(runs["train"])),
+        ModelArguments(model_name_or_path=str(runs["model"])),
+        DataArguments(train_file=str(runs["train"])),
         SparsityArguments(importance_ratio=FLAGS["importance_ratio"], **depth),  # type: ignore[arg-type]
-        TrainArguments(output_dir=str(tmp_path / "one"), per_device_train_batch_size=8,
-                       **{k: v for k, v in FLAGS.items() if k != "importance_ratio"}),  # type: ignore[arg-type]
-    )  # fmt: skip
+        TrainArguments(
+            output_dir=str(tmp_path / "one"),
+            per_device_train_batch_size=8,
+            **{k: v for k, v in FLAGS.items() if k != "importance_ratio"},
+        ),  # type: ignore[arg-type]
+    )
     _weights_close(tmp_path / "ddp", tmp_path / "one", atol=1e-5)
     metas = [json.loads((tmp_path / d / "dynsparse.json").read_text())["depth"] for d in ("ddp", "one")]
     assert metas[0] == metas[1] and metas[0]["min_layers"] == 1

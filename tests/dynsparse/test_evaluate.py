@@ -7,7 +7,9 @@ def test_default_levels_reach_the_trained_maximum() -> None:
 
 
 def test_table_has_a_row_per_level() -> None:
-    rows = [{"sparsity": s, "accuracy": 0.9, "params": 10, "flops": 1e9, "latency_ms": 1.0, "speedup": 1.0}
-            for s in (0.0, 0.5)]  # fmt: skip
+    rows = [
+        {"sparsity": s, "accuracy": 0.9, "params": 10, "flops": 1e9, "latency_ms": 1.0, "speedup": 1.0}
+        for s in (0.0, 0.5)
+    ]
     text = format_table(rows, "accuracy")
     assert len(text.splitlines()) == 3 and "accuracy" in text.splitlines()[0]

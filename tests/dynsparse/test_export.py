@@ -21,8 +21,9 @@ TEXTS = ["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "w13 w14", "w15 w16 w17 w18 w
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynsparse.cli", "export", *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dynsparse.cli", "export", *args], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,9 @@ def run_onnx(path: Path, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 
 # -- fixed_size ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sparsity", LEVELS)
-def test_fixed_size_matches_and_leaves_model_untouched(model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor],
-                                                       sparsity: float) -> None:  # fmt: skip
+def test_fixed_size_matches_and_leaves_model_untouched(
+    model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], sparsity: float
+) -> None:
     before = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters()}
     expected = reference(model, batch, sparsity)
     small = fixed_size(model, sparsity)
@@ -98,8 +100,9 @@ def test_unwritable_output(model: dynsparse.ElasticModel, tmp_path: Path) -> Non
         export(model, 0.5, tmp_path / "file" / "sub", "torch")
 
 
-def test_missing_onnx_names_the_extra(model: dynsparse.ElasticModel, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_missing_onnx_names_the_extra(
+    model: dynsparse.ElasticModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
@@ -111,8 +114,9 @@ def test_missing_onnx_names_the_extra(model: dynsparse.ElasticModel, tmp_path: P
 
 # -- ONNX ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sparsity", LEVELS)
-def test_onnx_matches_checkpoint(onnx_exports: dict[float, Path], model: dynsparse.ElasticModel,
-                                 batch: dict[str, torch.Tensor], sparsity: float) -> None:  # fmt: skip
+def test_onnx_matches_checkpoint(
+    onnx_exports: dict[float, Path], model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], sparsity: float
+) -> None:
     logits, session = run_onnx(onnx_exports[sparsity] / "model.onnx", batch)
     torch.testing.assert_close(logits, reference(model, batch, sparsity), atol=1e-4, rtol=1e-4)
     assert sorted(i.name for i in session.get_inputs()) == sorted(batch)  # exactly what the tokenizer gives
@@ -149,15 +153,17 @@ def test_families_in_both_formats(tiny_dir: Path, tmp_path: Path, family: str) -
 
 # -- TorchScript --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sparsity", LEVELS)
-def test_torch_matches_checkpoint(model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], tmp_path: Path,
-                                  sparsity: float) -> None:  # fmt: skip
+def test_torch_matches_checkpoint(
+    model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], tmp_path: Path, sparsity: float
+) -> None:
     loaded = torch.jit.load(str(export(model, sparsity, tmp_path, "torch")))
     logits = loaded(*(batch[name] for name in json.loads((tmp_path / META).read_text())["inputs"]))
     torch.testing.assert_close(logits, reference(model, batch, sparsity), atol=1e-4, rtol=1e-4)
 
 
-def test_torch_loads_without_dynsparse(model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor],
-                                       tmp_path: Path) -> None:  # fmt: skip
+def test_torch_loads_without_dynsparse(
+    model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     file = export(model, 0.5, tmp_path / "export", "torch")
     names = json.loads((file.parent / META).read_text())["inputs"]
     torch.save([batch[name] for name in names], tmp_path / "batch.pt")
@@ -173,8 +179,9 @@ def test_torch_loads_without_dynsparse(model: dynsparse.ElasticModel, batch: dic
 
 
 # -- command line -------------------------------------------------------------------------------------
-def test_cli_round_trip(tiny_ckpt: Path, model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor],
-                        tmp_path: Path) -> None:  # fmt: skip
+def test_cli_round_trip(
+    tiny_ckpt: Path, model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     pytest.importorskip("onnxscript")
     r = cli(str(tiny_ckpt), "--sparsity", "0.5", "--format", "onnx", "--output", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
@@ -184,11 +191,14 @@ def test_cli_round_trip(tiny_ckpt: Path, model: dynsparse.ElasticModel, batch: d
     assert json.loads((tmp_path / "out" / META).read_text())["sparsity"] == 0.5
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--sparsity", "1.5", "--format", "onnx"], "sparsity must be in [0, 1)"),
-    (["--sparsity", "half", "--format", "onnx"], "not a number"),
-    (["--sparsity", "0.5", "--format", "tflite"], "invalid choice: 'tflite'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--sparsity", "1.5", "--format", "onnx"], "sparsity must be in [0, 1)"),
+        (["--sparsity", "half", "--format", "onnx"], "not a number"),
+        (["--sparsity", "0.5", "--format", "tflite"], "invalid choice: 'tflite'"),
+    ],
+)
 def test_cli_bad_arguments_exit_2(tiny_ckpt: Path, tmp_path: Path, args: list[str], message: str) -> None:
     r = cli(str(tiny_ckpt), *args, "--output", str(tmp_path / "out"))
     assert r.returncode == 2 and message in r.stderr, r.stderr
@@ -207,23 +217,27 @@ def test_cli_unwritable_output_exit_2(tiny_ckpt: Path, tmp_path: Path) -> None:
 TASK_CKPTS = ("tiny_ckpt", "ner_ckpt", "qa_ckpt", "embed_ckpt")
 
 
-def task_reference(model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], sparsity: float
-                   ) -> dict[str, torch.Tensor]:  # fmt: skip
+def task_reference(
+    model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], sparsity: float
+) -> dict[str, torch.Tensor]:
     """The Python API's outputs at `sparsity` under the export's names (embeddings as /v1/embed returns them)."""
     with torch.no_grad():
         out = model(**batch, sparsity=sparsity)
     if model.task == "question-answering":
         return {"start_logits": out.logits[..., 0], "end_logits": out.logits[..., 1]}
     if model.task == "feature-extraction":
-        return {"embeddings": torch.nn.functional.normalize(out.logits, dim=-1),
-                "last_hidden_state": out.last_hidden_state}  # fmt: skip
+        return {
+            "embeddings": torch.nn.functional.normalize(out.logits, dim=-1),
+            "last_hidden_state": out.last_hidden_state,
+        }
     return {"logits": out.logits}
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torch"])
 @pytest.mark.parametrize("ckpt", TASK_CKPTS)
-def test_every_task_matches_on_a_padded_batch(request: pytest.FixtureRequest, tmp_path: Path, ckpt: str,
-                                              fmt: str) -> None:  # fmt: skip
+def test_every_task_matches_on_a_padded_batch(
+    request: pytest.FixtureRequest, tmp_path: Path, ckpt: str, fmt: str
+) -> None:
     if fmt == "onnx":
         pytest.importorskip("onnxscript")
     model = dynsparse.load(str(request.getfixturevalue(ckpt)))

@@ -23,8 +23,9 @@ TASK_CKPTS = ("tiny_ckpt", "ner_ckpt", "qa_ckpt", "embed_ckpt")
 SIZES = {0.1: True, 0.5: False}
 
 
-def reference(model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], sparsity: float
-              ) -> dict[str, torch.Tensor]:  # fmt: skip
+def reference(
+    model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], sparsity: float
+) -> dict[str, torch.Tensor]:
     """The Python API at `sparsity`, under transformers' output names."""
     with torch.no_grad():
         out = model(**batch, sparsity=sparsity)
@@ -47,8 +48,9 @@ def embed_vectors(model: dynsparse.ElasticModel, texts: list[str], sparsity: flo
 
 @pytest.mark.parametrize("sparsity", SIZES)
 @pytest.mark.parametrize("ckpt", TASK_CKPTS)
-def test_transformers_export_matches(request: pytest.FixtureRequest, tmp_path: Path, ckpt: str,
-                                     sparsity: float) -> None:  # fmt: skip
+def test_transformers_export_matches(
+    request: pytest.FixtureRequest, tmp_path: Path, ckpt: str, sparsity: float
+) -> None:
     model = dynsparse.load(str(request.getfixturevalue(ckpt)))
     batch = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     export(model, sparsity, tmp_path, "transformers")
@@ -92,9 +94,25 @@ def test_depth_export_is_stock_with_fewer_layers(tiny_ckpt: Path, tmp_path: Path
 
 
 def test_cli_writes_a_transformers_directory(tiny_ckpt: Path, tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "dynsparse.cli", "export", str(tiny_ckpt), "--sparsity", "0.5",
-                        "--format", "transformers", "--output", str(tmp_path / "out")], capture_output=True, text=True,
-                       timeout=300, cwd=ROOT)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynsparse.cli",
+            "export",
+            str(tiny_ckpt),
+            "--sparsity",
+            "0.5",
+            "--format",
+            "transformers",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     assert {"model.safetensors", "config.json", "modeling_dynsparse.py", "tokenizer.json", META} <= {
         p.name for p in (tmp_path / "out").iterdir()
@@ -118,15 +136,21 @@ OPTIMUM = os.environ.get("DYNSPARSE_OPTIMUM_PYTHON")
 @pytest.mark.skipif(not OPTIMUM, reason="set DYNSPARSE_OPTIMUM_PYTHON to a python with optimum-onnx[onnxruntime]")
 @pytest.mark.parametrize("sparsity", SIZES)
 @pytest.mark.parametrize("ckpt", TASK_CKPTS)
-def test_optimum_loads_the_onnx_export(request: pytest.FixtureRequest, tmp_path: Path, ckpt: str,
-                                       sparsity: float) -> None:  # fmt: skip
+def test_optimum_loads_the_onnx_export(
+    request: pytest.FixtureRequest, tmp_path: Path, ckpt: str, sparsity: float
+) -> None:
     pytest.importorskip("onnxscript")
     assert OPTIMUM is not None
     model = dynsparse.load(str(request.getfixturevalue(ckpt)))
     export(model, sparsity, tmp_path, "onnx")
     probe = Path(__file__).with_name("optimum_probe.py")
-    r = subprocess.run([OPTIMUM, str(probe), str(tmp_path), model.task, json.dumps(TEXTS)], capture_output=True,
-                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
+    r = subprocess.run(
+        [OPTIMUM, str(probe), str(tmp_path), model.task, json.dumps(TEXTS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["class"].startswith("ORTModelFor")

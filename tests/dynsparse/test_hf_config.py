@@ -58,24 +58,28 @@ def test_transformers_loads_every_task_at_any_size(request: pytest.FixtureReques
     torch.testing.assert_close(half, expected(model, batch, sparsity=0.5, depth=1), atol=1e-5, rtol=1e-5)
     small = auto.from_pretrained(path, trust_remote_code=True, sparsity=0.9).eval()  # the size it runs by default
     with torch.no_grad():
-        torch.testing.assert_close(outputs(small(**batch), model.task), expected(model, batch, sparsity=0.9),
-                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            outputs(small(**batch), model.task), expected(model, batch, sparsity=0.9), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_global_allocation_matches(tiny_dir: Path, tmp_path: Path) -> None:
     """The shipped code repeats the global ranking: the same per-layer counts at every size."""
     model = dynsparse.from_pretrained(str(tiny_dir / "roberta"), allocation="global")
     g = torch.Generator().manual_seed(0)
-    model.set_scores(torch.rand(2, 4, generator=g).sort(-1, descending=True).values,
-                     torch.rand(2, 64, generator=g).sort(-1, descending=True).values)  # fmt: skip
+    model.set_scores(
+        torch.rand(2, 4, generator=g).sort(-1, descending=True).values,
+        torch.rand(2, 64, generator=g).sort(-1, descending=True).values,
+    )
     dynsparse.save(model, str(tmp_path / "ckpt"))
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "ckpt", trust_remote_code=True)
     batch = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     for s in (0.0, 0.3, 0.6, 0.9):
         assert hf.structure(s) == model.structure(s)
         with torch.no_grad():
-            torch.testing.assert_close(hf(**batch, sparsity=s).logits, expected(model, batch, sparsity=s),
-                                       atol=1e-5, rtol=1e-5)  # fmt: skip
+            torch.testing.assert_close(
+                hf(**batch, sparsity=s).logits, expected(model, batch, sparsity=s), atol=1e-5, rtol=1e-5
+            )
     assert len({model.structure(s) for s in (0.3, 0.6)}) == 2 and len(set(model.structure(0.6))) == 2
 
 
@@ -94,9 +98,14 @@ def test_refused_without_remote_code_and_runs_without_dynsparse(tiny_ckpt: Path,
         "m = A.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
         "torch.save(m(**torch.load(sys.argv[2])).logits.detach(), sys.argv[3])\n"
     )
-    r = subprocess.run([sys.executable, "-c", script, str(tiny_ckpt), str(tmp_path / "batch.pt"),
-                        str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=300,
-                       stdin=subprocess.DEVNULL, cwd=tmp_path)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_ckpt), str(tmp_path / "batch.pt"), str(tmp_path / "out.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     # transformers prints its prompt without a newline before raising: count the markers, not lines
     assert r.stdout.count("REFUSED The repository") == 2 and "LOADED" not in r.stdout, r.stdout

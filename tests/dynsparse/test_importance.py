@@ -95,16 +95,38 @@ def test_one_shot_orders_a_model_without_changing_it(tiny_dir: Path, tiny_ckpt: 
     ids = torch.tensor([[3, 10, 11, 12, 13, 4], [3, 20, 21, 4, 0, 0]])
     mask = (ids != 0).long()
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits,
-                              start(input_ids=ids, attention_mask=mask).logits, atol=1e-5)  # fmt: skip
+        assert torch.allclose(
+            model(input_ids=ids, attention_mask=mask).logits,
+            start(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+        )
     assert not torch.equal(model.head_scores, start.head_scores)  # a data-driven order replaced the natural one
     meta = json.loads((shot / "dynsparse.json").read_text())
     assert meta["ordering"]["estimator"] == "taylor" and meta["ordering"]["mode"] == "one-shot"
     # compare it with the once-for-all checkpoint on one plot
-    r = subprocess.run([sys.executable, "-m", "dynsparse.cli", "evaluate", str(tiny_ckpt), str(shot),
-                        "--validation_file", str(tiny_dir / "validation.csv"), "--output_dir", str(tmp_path / "cmp"),
-                        "--levels", "0", "0.5", "0.9", "--latency_seq_len", "16"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynsparse.cli",
+            "evaluate",
+            str(tiny_ckpt),
+            str(shot),
+            "--validation_file",
+            str(tiny_dir / "validation.csv"),
+            "--output_dir",
+            str(tmp_path / "cmp"),
+            "--levels",
+            "0",
+            "0.5",
+            "0.9",
+            "--latency_seq_len",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     curves = json.loads((tmp_path / "cmp" / "compare.json").read_text())["curves"]
     assert len(curves) == 2 and all(len(c) == 3 and "accuracy" in c[0] for c in curves.values())

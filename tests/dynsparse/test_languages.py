@@ -38,13 +38,20 @@ def rows(n: int, seed: int) -> list[dict[str, object]]:
 def train(tmp: Path, out: str, **kw: object) -> Path:
     model = make_tiny("bert", tmp / "bert") if not (tmp / "bert").exists() else tmp / "bert"
     train_file, valid = write_jsonl(tmp / "train.jsonl", rows(400, 0)), write_jsonl(tmp / "valid.jsonl", rows(120, 1))
-    targs = {"max_steps": 150, "per_device_train_batch_size": 16, "learning_rate": 2e-3, "seed": 0,
-             "logging_steps": 10, **kw}  # fmt: skip
+    targs = {
+        "max_steps": 150,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 2e-3,
+        "seed": 0,
+        "logging_steps": 10,
+        **kw,
+    }
     return run_training(
-        ModelArguments(str(model)), DataArguments(train_file=str(train_file), validation_file=str(valid)),
+        ModelArguments(str(model)),
+        DataArguments(train_file=str(train_file), validation_file=str(valid)),
         SparsityArguments(orderings="per-language"),
         TrainArguments(output_dir=str(tmp / out), **targs),  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +98,29 @@ def test_training_stores_one_ordering_per_language(multi: Path) -> None:
 
 def test_evaluate_compares_per_language_and_shared_orderings(multi: Path, tmp_path: Path) -> None:
     def evaluate(out: str, *extra: str) -> dict:
-        r = subprocess.run([sys.executable, "-m", "dynsparse.cli", "evaluate", str(multi), "--validation_file",
-                            str(multi.parent / "valid.jsonl"), "--output_dir", str(tmp_path / out), "--levels", "0",
-                            "0.5", "0.9", "--latency_seq_len", "16", *extra],
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dynsparse.cli",
+                "evaluate",
+                str(multi),
+                "--validation_file",
+                str(multi.parent / "valid.jsonl"),
+                "--output_dir",
+                str(tmp_path / out),
+                "--levels",
+                "0",
+                "0.5",
+                "0.9",
+                "--latency_seq_len",
+                "16",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         return json.loads((tmp_path / out / "levels.json").read_text())
 
@@ -121,9 +147,12 @@ def test_per_language_needs_languages_and_taylor(tmp_path: Path) -> None:
     model = make_tiny("bert", tmp_path / "bert")
     data = write_jsonl(tmp_path / "t.jsonl", [{k: v for k, v in r.items() if k != "language"} for r in rows(40, 0)])
     with pytest.raises(InputError, match="needs a language column"):
-        run_training(ModelArguments(str(model)), DataArguments(train_file=str(data)),
-                     SparsityArguments(orderings="per-language"),
-                     TrainArguments(output_dir=str(tmp_path / "o"), max_steps=2))  # fmt: skip
+        run_training(
+            ModelArguments(str(model)),
+            DataArguments(train_file=str(data)),
+            SparsityArguments(orderings="per-language"),
+            TrainArguments(output_dir=str(tmp_path / "o"), max_steps=2),
+        )
 
 
 def test_a_hostile_language_list_is_refused(multi: Path, tmp_path: Path) -> None:
@@ -151,9 +180,26 @@ def test_an_export_keeps_a_languages_own_units(multi: Path, tmp_path: Path) -> N
         shared = model(input_ids=IDS, attention_mask=MASK, sparsity=0.7).logits
         assert not torch.allclose(want, shared)  # its own units, not the shared prefix
     assert json.loads((tmp_path / "aa" / "dynsparse_export.json").read_text())["language"] == "aa"
-    r = subprocess.run([sys.executable, "-m", "dynsparse.cli", "export", str(multi), "--sparsity", "0.5", "--format",
-                        "torch", "--language", "fr", "--output", str(tmp_path / "fr")],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynsparse.cli",
+            "export",
+            str(multi),
+            "--sparsity",
+            "0.5",
+            "--format",
+            "torch",
+            "--language",
+            "fr",
+            "--output",
+            str(tmp_path / "fr"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no ordering for language 'fr'" in r.stderr and not (tmp_path / "fr").exists()
 
 

@@ -8,7 +8,7 @@ from dynsparse.masks import (
     nested_mask,
     prefix_masks,
     rank_globally,
-    uniform_structure,  # fmt: skip
+    uniform_structure,
 )
 
 sparsity = st.floats(min_value=0.0, max_value=0.999)
@@ -51,8 +51,9 @@ def test_global_prefers_the_important_layer() -> None:
 
 def test_keep_count_rounds_and_clamps() -> None:
     assert keep_count(12, 0.0) == 12 and keep_count(12, 0.5) == 6 and keep_count(4, 0.99) == 1
-    assert [keep_count(10, s / 20) for s in range(20)] == sorted((keep_count(10, s / 20) for s in range(20)),
-                                                                  reverse=True)  # fmt: skip
+    assert [keep_count(10, s / 20) for s in range(20)] == sorted(
+        (keep_count(10, s / 20) for s in range(20)), reverse=True
+    )
 
 
 def test_prefix_masks_match_structure() -> None:

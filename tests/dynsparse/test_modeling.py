@@ -61,8 +61,9 @@ def test_sparsity_out_of_range_is_refused(model_and_batch: tuple) -> None:
 
 def test_latency_falls_with_sparsity() -> None:
     """A ratio measured in one run (not an absolute time): prefix slices really shrink the matmuls."""
-    hf = BertForSequenceClassification(BertConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=8,
-                                                  intermediate_size=1024, vocab_size=500))  # fmt: skip
+    hf = BertForSequenceClassification(
+        BertConfig(hidden_size=256, num_hidden_layers=2, num_attention_heads=8, intermediate_size=1024, vocab_size=500)
+    )
     from dynsparse.family import family_for, shape_from_config
     from dynsparse.modeling import ElasticModel
     from dynsparse.pretrained import import_weights

@@ -26,8 +26,9 @@ def _kept_sets(structure: tuple, h_order: torch.Tensor, n_order: torch.Tensor) -
 
 
 @settings(max_examples=150, deadline=None)
-@given(layers=st.integers(1, 4), heads=st.integers(1, 8), neurons=st.integers(1, 40), a=sparsity, b=sparsity,
-       seed=seeds)  # fmt: skip
+@given(
+    layers=st.integers(1, 4), heads=st.integers(1, 8), neurons=st.integers(1, 40), a=sparsity, b=sparsity, seed=seeds
+)
 def test_uniform_keeps_each_layers_top_units_nested(
     layers: int, heads: int, neurons: int, a: float, b: float, seed: int
 ) -> None:
@@ -45,8 +46,16 @@ def test_uniform_keeps_each_layers_top_units_nested(
 
 
 @settings(max_examples=150, deadline=None)
-@given(layers=st.integers(1, 4), heads=st.integers(1, 8), neurons=st.integers(1, 40), a=sparsity, b=sparsity,
-       seed=seeds, hc=st.integers(1, 500), nc=st.integers(1, 500))  # fmt: skip
+@given(
+    layers=st.integers(1, 4),
+    heads=st.integers(1, 8),
+    neurons=st.integers(1, 40),
+    a=sparsity,
+    b=sparsity,
+    seed=seeds,
+    hc=st.integers(1, 500),
+    nc=st.integers(1, 500),
+)
 def test_global_keeps_one_threshold_of_importance_per_parameter(
     layers: int, heads: int, neurons: int, a: float, b: float, seed: int, hc: int, nc: int
 ) -> None:
@@ -80,8 +89,9 @@ def tiny_bert(tiny_dir: Path) -> dynsparse.ElasticModel:
 
 @settings(max_examples=12, deadline=None)
 @given(s=sparsity, seed=seeds, allocation=st.sampled_from(ALLOCATIONS))
-def test_sliced_equals_masked_at_any_sparsity(tiny_bert: dynsparse.ElasticModel, s: float, seed: int,
-                                              allocation: str) -> None:  # fmt: skip
+def test_sliced_equals_masked_at_any_sparsity(
+    tiny_bert: dynsparse.ElasticModel, s: float, seed: int, allocation: str
+) -> None:
     g = torch.Generator().manual_seed(seed)
     hs, ns = torch.rand(2, 4, generator=g), torch.rand(2, 64, generator=g)
     ids = torch.randint(8, 108, (3, 9), generator=g)  # (B, T) word ids of the tiny vocabulary
@@ -96,8 +106,9 @@ def test_sliced_equals_masked_at_any_sparsity(tiny_bert: dynsparse.ElasticModel,
     nm = torch.zeros_like(nm).scatter_(1, unit_order(ns), nm)
     with torch.no_grad():
         sliced = model(input_ids=ids, attention_mask=mask, sparsity=s).logits
-        masked = tiny_bert(input_ids=ids, attention_mask=mask, structure=((4, 64),) * 2, head_mask=hm,
-                           neuron_mask=nm).logits  # fmt: skip
+        masked = tiny_bert(
+            input_ids=ids, attention_mask=mask, structure=((4, 64),) * 2, head_mask=hm, neuron_mask=nm
+        ).logits
     assert torch.allclose(sliced, masked, atol=1e-5)
 
 
@@ -108,20 +119,28 @@ def _sliced_elements(model: dynsparse.ElasticModel, structure: tuple) -> int:
     total = 0
     for layer, (h, n) in zip(model.layers, structure, strict=True):
         for name, p in layer.named_parameters():
-            rows = h * hd if name.startswith(("q_", "k_", "v_", "attn_out_weight")) else \
-                n if name.startswith(("ffn_in", "ffn_out_weight")) else p.shape[0]  # fmt: skip
+            rows = (
+                h * hd
+                if name.startswith(("q_", "k_", "v_", "attn_out_weight"))
+                else n
+                if name.startswith(("ffn_in", "ffn_out_weight"))
+                else p.shape[0]
+            )
             total += p[:rows].numel()
     return total
 
 
 @settings(max_examples=60, deadline=None)
 @given(a=sparsity, b=sparsity, seed=seeds, allocation=st.sampled_from(ALLOCATIONS))
-def test_accounting_counts_the_weights_the_slice_reads(tiny_bert: dynsparse.ElasticModel, a: float, b: float,
-                                                       seed: int, allocation: str) -> None:  # fmt: skip
+def test_accounting_counts_the_weights_the_slice_reads(
+    tiny_bert: dynsparse.ElasticModel, a: float, b: float, seed: int, allocation: str
+) -> None:
     g = torch.Generator().manual_seed(seed)
     model = copy.deepcopy(tiny_bert)
-    model.set_scores(torch.rand(2, 4, generator=g).sort(-1, descending=True).values,
-                     torch.rand(2, 64, generator=g).sort(-1, descending=True).values)  # fmt: skip
+    model.set_scores(
+        torch.rand(2, 4, generator=g).sort(-1, descending=True).values,
+        torch.rand(2, 64, generator=g).sort(-1, descending=True).values,
+    )
     model.set_allocation(allocation)  # type: ignore[arg-type]
     shape = model.shape
     rows = {}
@@ -142,5 +161,6 @@ def test_accounting_counts_the_weights_the_slice_reads(tiny_bert: dynsparse.Elas
             assert removed >= s - 1e-4 or floor
             assert removed <= s + unit + 1e-4 or floor
     lo, hi = rows[min(a, b)], rows[max(a, b)]
-    assert hi["params"] <= lo["params"] and hi["flops"] <= lo["flops"] and hi["prunable_removed"] >= lo[
-        "prunable_removed"]  # fmt: skip
+    assert (
+        hi["params"] <= lo["params"] and hi["flops"] <= lo["flops"] and hi["prunable_removed"] >= lo["prunable_removed"]
+    )

@@ -93,9 +93,17 @@ def test_bio_tags_group_into_entities_as_transformers_pipeline_does() -> None:
     """B- starts an entity, I- of the same type extends it, a stray I- starts one, E-/S- close one, O is none."""
     tags = ["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "B-LOC", "I-PER", "S-X", "E-X", "B-X", "E-X", "I-X"]
     scores = [1.0, 0.5] + [1.0] * 10
-    assert group_entities(tags, scores) == [("PER", 0.75, 0, 1), ("LOC", 1.0, 3, 3), ("LOC", 1.0, 4, 4),
-                                            ("LOC", 1.0, 5, 5), ("PER", 1.0, 6, 6), ("X", 1.0, 7, 7),
-                                            ("X", 1.0, 8, 8), ("X", 1.0, 9, 10), ("X", 1.0, 11, 11)]  # fmt: skip
+    assert group_entities(tags, scores) == [
+        ("PER", 0.75, 0, 1),
+        ("LOC", 1.0, 3, 3),
+        ("LOC", 1.0, 4, 4),
+        ("LOC", 1.0, 5, 5),
+        ("PER", 1.0, 6, 6),
+        ("X", 1.0, 7, 7),
+        ("X", 1.0, 8, 8),
+        ("X", 1.0, 9, 10),
+        ("X", 1.0, 11, 11),
+    ]
     assert group_entities(["O", "O"], [1.0, 1.0]) == [] and is_bio(TAGS) and not is_bio(["NOUN", "O"])
     assert first_subwords([None, 0, 0, 1, None, 3, None], 4) == [1, 3, None, 5]  # word 2 has no token
 
@@ -154,14 +162,28 @@ def test_embeddings_learn_to_match_translations(embed_ckpt: Path, tmp_path: Path
 
 # -- per-language results ------------------------------------------------------------------------------
 def _evaluate(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynsparse.cli", "evaluate", *args], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dynsparse.cli", "evaluate", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_evaluate_reports_every_level_per_language(ner_run: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "multi.jsonl", ner_rows(60, 3, "de") + ner_rows(40, 4, "tr"))
-    r = _evaluate([str(ner_run), "--validation_file", str(data), "--output_dir", str(tmp_path / "ev"),
-                   "--levels", "0", "0.5", "0.9", "--latency_seq_len", "16"])  # fmt: skip
+    r = _evaluate(
+        [
+            str(ner_run),
+            "--validation_file",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "ev"),
+            "--levels",
+            "0",
+            "0.5",
+            "0.9",
+            "--latency_seq_len",
+            "16",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     rows = levels(tmp_path / "ev")
     for row in rows:
@@ -174,8 +196,20 @@ def test_evaluate_reports_every_level_per_language(ner_run: Path, tmp_path: Path
 
 def test_one_file_per_language(ner_run: Path, tmp_path: Path) -> None:
     files = [write_jsonl(tmp_path / name, ner_rows(30, i)) for i, name in enumerate(["es.jsonl", "validation.nl.json"])]
-    r = _evaluate([str(ner_run), "--validation_file", *map(str, files), "--output_dir", str(tmp_path / "ev"),
-                   "--levels", "0", "0.5", "--latency_seq_len", "16"])  # fmt: skip
+    r = _evaluate(
+        [
+            str(ner_run),
+            "--validation_file",
+            *map(str, files),
+            "--output_dir",
+            str(tmp_path / "ev"),
+            "--levels",
+            "0",
+            "0.5",
+            "--latency_seq_len",
+            "16",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert set(levels(tmp_path / "ev")[0]["by_language"]) == {"es", "nl"}
 
@@ -193,9 +227,25 @@ def test_one_file_per_language(ner_run: Path, tmp_path: Path) -> None:
 def test_bad_task_data_is_one_line_and_exit_2(tmp_path: Path, task: str, row: dict[str, object], message: str) -> None:
     make_tiny("bert", tmp_path / "m", task=task)
     data = write_jsonl(tmp_path / "train.jsonl", [row, row])
-    r = subprocess.run([sys.executable, "train.py", "--model_name_or_path", str(tmp_path / "m"), "--task", task,
-                        "--train_file", str(data), "--output_dir", str(tmp_path / "out"), "--max_steps", "1"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--model_name_or_path",
+            str(tmp_path / "m"),
+            "--task",
+            task,
+            "--train_file",
+            str(data),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()

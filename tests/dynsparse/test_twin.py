@@ -17,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _evaluate(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dynsparse.cli", "evaluate", *args], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dynsparse.cli", "evaluate", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 def _texts(path: Path, rows: list[str], column: str = "text") -> Path:
@@ -34,8 +39,21 @@ TEXTS = [" ".join(f"w{(5 * i + k) % 100}" for k in range(3 + i % 11)) for i in r
 
 def test_a_text_only_file_gives_agreement_columns(tiny_ckpt: Path, tmp_path: Path) -> None:
     data = _texts(tmp_path / "traffic.csv", TEXTS, column="message")  # no label, an unusual text column name
-    r = _evaluate(str(tiny_ckpt), "--validation_file", str(data), "--output_dir", str(tmp_path / "out"),
-                  "--levels", "0", "0.5", "0.9", "--latency_batch", "1", "--latency_seq_len", "8")  # fmt: skip
+    r = _evaluate(
+        str(tiny_ckpt),
+        "--validation_file",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--levels",
+        "0",
+        "0.5",
+        "0.9",
+        "--latency_batch",
+        "1",
+        "--latency_seq_len",
+        "8",
+    )
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "out" / "levels.json").read_text())["levels"]
     assert [row["sparsity"] for row in rows] == [0.0, 0.5, 0.9]
@@ -52,8 +70,12 @@ def test_agreement_matches_the_python_api(tiny_ckpt: Path) -> None:
     model = dynsparse.load(str(tiny_ckpt)).eval()
     rows = agreement_levels(model, TEXTS, [0.0, 0.9], batch_size=7)
     with torch.no_grad():
-        labels = {s: torch.cat([model(**model.tokenizer([t], return_tensors="pt"), sparsity=s).logits.argmax(-1)
-                                for t in TEXTS]) for s in (0.0, 0.9)}  # fmt: skip
+        labels = {
+            s: torch.cat(
+                [model(**model.tokenizer([t], return_tensors="pt"), sparsity=s).logits.argmax(-1) for t in TEXTS]
+            )
+            for s in (0.0, 0.9)
+        }
     assert rows[0.9]["agreement_label"] == pytest.approx(float((labels[0.9] == labels[0.0]).float().mean()), abs=1e-4)
     assert rows[0.0] == {"agreement": 1.0, "agreement_cosine": 1.0, "agreement_label": 1.0}
 

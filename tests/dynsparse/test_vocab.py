@@ -42,8 +42,22 @@ def test_pruned_model_answers_the_corpus_as_before(tiny_ckpt: Path) -> None:
 def test_prune_vocab_command_writes_a_loadable_smaller_checkpoint(tiny_ckpt: Path, tmp_path: Path) -> None:
     corpus = _corpus(tmp_path / "corpus.csv", ["w1 w2 w3", "w4 w5"])
     out = tmp_path / "small"
-    r = subprocess.run([sys.executable, "-m", "dynsparse.cli", "prune-vocab", str(tiny_ckpt), "--data", str(corpus),
-                        "--output_dir", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynsparse.cli",
+            "prune-vocab",
+            str(tiny_ckpt),
+            "--data",
+            str(corpus),
+            "--output_dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "kept" in r.stdout and "of 120 tokens" in r.stdout
     model = dynsparse.load(str(out))
@@ -61,6 +75,20 @@ def test_prune_vocab_command_writes_a_loadable_smaller_checkpoint(tiny_ckpt: Pat
 def test_prune_vocab_bad_corpus_is_one_line(tiny_ckpt: Path, tmp_path: Path) -> None:
     bad = tmp_path / "numbers.csv"
     bad.write_text("a,b\n1,2\n")
-    r = subprocess.run([sys.executable, "-m", "dynsparse.cli", "prune-vocab", str(tiny_ckpt), "--data", str(bad),
-                        "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynsparse.cli",
+            "prune-vocab",
+            str(tiny_ckpt),
+            "--data",
+            str(bad),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and "no text columns" in r.stderr and "Traceback" not in r.stderr

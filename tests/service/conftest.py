@@ -27,8 +27,14 @@ def _one_torch_thread() -> Iterator[None]:
 def make_settings(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Settings]:
     """Settings for `tiny_ckpt` with a quick startup profile, cached for the whole session."""
     cache = tmp_path_factory.mktemp("profiles")
-    base: dict[str, Any] = {"checkpoint": tiny_ckpt, "profile_cache_dir": cache, "profile_levels": 2,
-                            "profile_batch_sizes": [1, 4], "profile_seq_lens": [8, 32], "torch_threads": 1}  # fmt: skip
+    base: dict[str, Any] = {
+        "checkpoint": tiny_ckpt,
+        "profile_cache_dir": cache,
+        "profile_levels": 2,
+        "profile_batch_sizes": [1, 4],
+        "profile_seq_lens": [8, 32],
+        "torch_threads": 1,
+    }
 
     def make(**overrides: Any) -> Settings:
         return Settings(**{**base, **overrides})

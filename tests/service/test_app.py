@@ -162,8 +162,9 @@ def test_64_concurrent_mixed_size_requests(server: Live, reference: dynsparse.El
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            posts = [client.post("/v1/classify", json={"inputs": [t], "sparsity": sizes[i % 4]})
-                     for i, t in enumerate(texts)]  # fmt: skip
+            posts = [
+                client.post("/v1/classify", json={"inputs": [t], "sparsity": sizes[i % 4]}) for i, t in enumerate(texts)
+            ]
             return await asyncio.gather(*posts)
 
     responses = asyncio.run(burst())
@@ -179,8 +180,10 @@ def test_bad_requests_do_not_disturb_good_ones(server: Live) -> None:
 
     async def mixed() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-            posts = [client.post("/v1/classify", json=bad[i % 3] if i % 2 else {"inputs": ["w1 w2"], "sparsity": 0.5})
-                     for i in range(24)]  # fmt: skip
+            posts = [
+                client.post("/v1/classify", json=bad[i % 3] if i % 2 else {"inputs": ["w1 w2"], "sparsity": 0.5})
+                for i in range(24)
+            ]
             return await asyncio.gather(*posts)
 
     codes = [r.status_code for r in asyncio.run(mixed())]
@@ -199,8 +202,10 @@ def test_not_ready_is_503_in_one_shape(make_settings: object) -> None:
 def test_an_operator_grid_serves_the_next_denser_level(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(levels=[0.0, 0.5, 0.8], sizes={"fast": 0.8}, default_size="fast")
     with live_server(settings) as live, live.client() as api:
-        served = [api.post("/v1/classify", json={"inputs": ["w1"], "sparsity": s}).json()["sparsity"]
-                  for s in (0.0, 0.3, 0.5, 0.79, 0.9)]  # fmt: skip
+        served = [
+            api.post("/v1/classify", json={"inputs": ["w1"], "sparsity": s}).json()["sparsity"]
+            for s in (0.0, 0.3, 0.5, 0.79, 0.9)
+        ]
         assert served == [0.0, 0.0, 0.5, 0.5, 0.8]
         assert api.post("/v1/classify", json={"inputs": ["w1"]}).json()["sparsity"] == 0.8
         assert is_error(api.post("/v1/classify", json={"inputs": ["w1"], "sparsity": 0.95}), 422, "validation")

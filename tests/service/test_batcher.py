@@ -42,9 +42,12 @@ class FakeRunner:
 
 
 def job(
-    items: Sequence[Item], structure: Structure = SMALL, timeout: float = 10.0, task: Task = "classify",
+    items: Sequence[Item],
+    structure: Structure = SMALL,
+    timeout: float = 10.0,
+    task: Task = "classify",
     language: str | None = None,
-) -> Job:  # fmt: skip
+) -> Job:
     return Job(task, items, 0.5, structure, deadline=time.monotonic() + timeout, language=language, cost_ms=1.0)
 
 
@@ -73,8 +76,10 @@ async def test_requests_of_different_languages_never_share_a_batch() -> None:
         for j in jobs:
             b.submit(j)
         await asyncio.gather(*(j.future for j in jobs))
-    ran = sorted((lang or "", sorted(i for g in groups for i in g))
-                 for lang, (_, _, groups) in zip(runner.languages, runner.calls, strict=True))  # fmt: skip
+    ran = sorted(
+        (lang or "", sorted(i for g in groups for i in g))
+        for lang, (_, _, groups) in zip(runner.languages, runner.calls, strict=True)
+    )
     assert ran == [("", ["c"]), ("de", ["a", "d"]), ("en", ["b"])]
 
 

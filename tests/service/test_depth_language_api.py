@@ -183,10 +183,12 @@ def test_languages_never_share_a_batch(lang: Live, lang_model: dynsparse.Elastic
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=lang.url, timeout=30) as client:
-            return await asyncio.gather(*(
-                client.post("/v1/classify", json={"inputs": [TEXTS[i % 2]], "sparsity": 0.5, "language": x})
-                for i, x in enumerate(langs)
-            ))  # fmt: skip
+            return await asyncio.gather(
+                *(
+                    client.post("/v1/classify", json={"inputs": [TEXTS[i % 2]], "sparsity": 0.5, "language": x})
+                    for i, x in enumerate(langs)
+                )
+            )
 
     for i, (x, r) in enumerate(zip(langs, asyncio.run(burst()), strict=True)):
         assert r.status_code == 200 and r.json()["language"] == x, r.text

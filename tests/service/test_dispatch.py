@@ -82,8 +82,11 @@ def test_a_request_past_its_deadline_teaches_the_latency_margin(make_settings: C
 def test_shutdown_finishes_in_flight_requests(make_settings: Callable[..., Settings]) -> None:
     answers: list[httpx.Response] = []
     with live_server(make_settings(batch_wait_ms=400)) as live:
-        client = threading.Thread(target=lambda: answers.append(httpx.post(
-            live.url + "/v1/classify", json={"inputs": ["w1"], "sparsity": 0.1}, timeout=30)))  # fmt: skip
+        client = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(live.url + "/v1/classify", json={"inputs": ["w1"], "sparsity": 0.1}, timeout=30)
+            )
+        )
         client.start()
         time.sleep(0.15)  # the request waits in the queue
         live.server.should_exit = True  # what SIGTERM does
@@ -98,6 +101,5 @@ def test_a_lone_request_waits_for_a_batch_only_where_told(make_settings: Callabl
     operator's batch_wait_ms still holds it that long."""
     for wait, held in ((None, False), (300.0, True)):
         with live_server(make_settings(batch_wait_ms=wait)) as live, live.client() as api:
-            queue_ms = [api.post("/v1/classify", json={"inputs": ["w1 w2"]}).json()["queue_ms"]
-                        for _ in range(3)]  # fmt: skip
+            queue_ms = [api.post("/v1/classify", json={"inputs": ["w1 w2"]}).json()["queue_ms"] for _ in range(3)]
         assert (min(queue_ms) >= 300) == held and (max(queue_ms) < 300) != held, (wait, queue_ms)

@@ -37,8 +37,13 @@ def _fuzz(schema: Any, mode: GenerationMode, examples: int, headers: dict[str, s
         op = result.ok()
 
         @given(case=op.as_strategy(generation_mode=mode))
-        @settings(max_examples=examples if op.method.upper() == "POST" else 10, deadline=None, database=None,
-                  derandomize=True, suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=examples if op.method.upper() == "POST" else 10,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: Any) -> None:
             sent[case.operation.label] += 1
             case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
@@ -65,8 +70,9 @@ def test_boundary_cases_conform_to_the_schema(server: Live) -> None:
     failures, count = [], 0
     for result in schema.get_all_operations():
         op = result.ok()
-        cases = schema.iter_coverage_cases(op, generation_modes=list(GenerationMode),
-                                           generation_config=schema.config.generation)  # fmt: skip
+        cases = schema.iter_coverage_cases(
+            op, generation_modes=list(GenerationMode), generation_config=schema.config.generation
+        )
         for case in cases:
             count += 1
             try:

@@ -25,8 +25,9 @@ class Recorder:
     def __init__(self, delay: float = 0.0) -> None:
         self.delay, self.batches = delay, []  # type: ignore[var-annotated]
 
-    def run(self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
-            ) -> list[list[Any] | InputError]:  # fmt: skip
+    def run(
+        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
+    ) -> list[list[Any] | InputError]:
         self.batches.append([x for g in groups for x in g])
         time.sleep(self.delay)
         return [[(0, 1.0)] * len(g) for g in groups]
@@ -54,8 +55,9 @@ async def test_idle_work_runs_after_real_work_in_small_batches() -> None:
 
 async def test_idle_work_is_dropped_first() -> None:
     lane = IdleLane(limit=2, batch_items=1, idle_ms=5)
-    async with Batcher(Recorder(delay=0.05), max_batch_size=1, batch_wait_ms=0, queue_limit=4, degrade_at=0.5,
-                       lane=lane).running() as b:  # fmt: skip
+    async with Batcher(
+        Recorder(delay=0.05), max_batch_size=1, batch_wait_ms=0, queue_limit=4, degrade_at=0.5, lane=lane
+    ).running() as b:
         for k in range(3):
             b.submit(make([f"r{k}"]))
         assert b.degrading and not b.submit_idle(make(["refused"]))  # the queue is filling: no idle work

@@ -11,6 +11,11 @@ def test_each_app_has_its_own_registry() -> None:
     body, content_type = a.render()
     assert b'dynsparse_requests_total{code="200",endpoint="/v1/classify",size="0.50"} 1.0' in body
     assert b"dynsparse_requests_total{" not in b.render()[0] and content_type.startswith("text/plain")
-    for name in (b"dynsparse_queue_seconds", b"dynsparse_inference_seconds", b"dynsparse_batch_size",
-                 b"dynsparse_errors_total", b"dynsparse_queue_depth"):  # fmt: skip
+    for name in (
+        b"dynsparse_queue_seconds",
+        b"dynsparse_inference_seconds",
+        b"dynsparse_batch_size",
+        b"dynsparse_errors_total",
+        b"dynsparse_queue_depth",
+    ):
         assert b"# TYPE " + name in body

@@ -10,8 +10,11 @@ from service.settings import Settings
 def test_declared_large_body_is_413(api: httpx.Client) -> None:
     limit = Settings(checkpoint="c").max_body_bytes
     r = api.post("/v1/classify", content=b"x" * (limit + 1), headers={"content-type": "application/json"})
-    assert r.status_code == 413 and r.json() == {"error": f"request body is larger than {limit} bytes",
-        "error_type": "payload_too_large", "request_id": r.headers["x-request-id"]}  # fmt: skip
+    assert r.status_code == 413 and r.json() == {
+        "error": f"request body is larger than {limit} bytes",
+        "error_type": "payload_too_large",
+        "request_id": r.headers["x-request-id"],
+    }
 
 
 def test_streamed_large_body_is_413(api: httpx.Client) -> None:

@@ -88,9 +88,18 @@ def test_profile_cache_round_trip(tmp_path: Path) -> None:
 def test_monotone_profile_removes_disturbed_points() -> None:
     clean = make_profile()
     assert clean.monotone() == clean  # a consistent profile is left as measured
-    disturbed = LatencyProfile("d", tuple(
-        ProfilePoint(p.sparsity, p.batch, p.seq_len, 300.0 if (p.batch, p.seq_len, p.sparsity) == (1, 16, 0.9)
-                     else p.latency_ms) for p in clean.points))  # fmt: skip
+    disturbed = LatencyProfile(
+        "d",
+        tuple(
+            ProfilePoint(
+                p.sparsity,
+                p.batch,
+                p.seq_len,
+                300.0 if (p.batch, p.seq_len, p.sparsity) == (1, 16, 0.9) else p.latency_ms,
+            )
+            for p in clean.points
+        ),
+    )
     fixed = disturbed.monotone()
     bound = min(clean.predict(0.9, 8, 16), clean.predict(0.9, 1, 128))  # the cheapest bigger workload
     assert fixed.predict(0.9, 1, 16) == pytest.approx(bound)

@@ -69,15 +69,18 @@ def limited(make_settings: Callable[..., Settings]) -> Iterator[httpx.Client]:
         yield client
 
 
-@pytest.mark.parametrize("body,status", [
-    ({"inputs": ["w1 w2 w3 w4 w5 w6", "w7"]}, 200),          # 2 inputs of 6 words + [CLS] [SEP] = 8 tokens
-    ({"inputs": ["w1", "w2", "w3"]}, 422),                   # max_inputs 2
-    ({"inputs": ["w1 w2 w3 w4 w5 w6 w7"]}, 422),             # 9 tokens
-    ({"inputs": [["w1 w2 w3", "w4 w5 w6"]]}, 422),           # a pair: [CLS] 3 words [SEP] 3 words [SEP] = 9 tokens
-    ({"inputs": ["w1 " * 20 + "w2"]}, 422),                  # 62 characters
-    ({"inputs": ["w1"], "size": "x" * 1500}, 422),           # under the body limit, over the name limit
-    ({"inputs": ["w1"] * 2, "size": "x" * 2100}, 413),       # over 2048 bytes
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        ({"inputs": ["w1 w2 w3 w4 w5 w6", "w7"]}, 200),  # 2 inputs of 6 words + [CLS] [SEP] = 8 tokens
+        ({"inputs": ["w1", "w2", "w3"]}, 422),  # max_inputs 2
+        ({"inputs": ["w1 w2 w3 w4 w5 w6 w7"]}, 422),  # 9 tokens
+        ({"inputs": [["w1 w2 w3", "w4 w5 w6"]]}, 422),  # a pair: [CLS] 3 words [SEP] 3 words [SEP] = 9 tokens
+        ({"inputs": ["w1 " * 20 + "w2"]}, 422),  # 62 characters
+        ({"inputs": ["w1"], "size": "x" * 1500}, 422),  # under the body limit, over the name limit
+        ({"inputs": ["w1"] * 2, "size": "x" * 2100}, 413),  # over 2048 bytes
+    ],
+)
 def test_the_operators_request_limits_hold(limited: httpx.Client, body: dict, status: int) -> None:
     r = limited.post("/v1/classify", json=body)
     assert r.status_code == status, r.text
@@ -89,8 +92,9 @@ def test_cors_is_off_by_default() -> None:
     client = TestClient(create_app(Settings(checkpoint="never-loaded")))
     r = client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert r.status_code == 200 and not any(h.startswith("access-control-") for h in r.headers)
-    preflight = client.options("/v1/classify", headers={"Origin": "https://evil.example",
-                                                        "Access-Control-Request-Method": "POST"})  # fmt: skip
+    preflight = client.options(
+        "/v1/classify", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
     assert preflight.status_code == 405 and "access-control-allow-origin" not in preflight.headers
 
 

@@ -56,8 +56,11 @@ def test_classify_agreement_matches_the_python_api(
     assert level["agreement_source"] == "offline"  # 40 samples: below agreement_min_samples (50)
     gauge = agreement_gauge(fams)
     assert abs(gauge[("classify", "0.90", "label")] - level["shadow_label"]) < 1e-6
-    samples = {(s.labels["task"], s.labels["size"]): s.value for s in fams["dynsparse_shadow_samples"].samples
-               if s.name.endswith("_total")}  # fmt: skip
+    samples = {
+        (s.labels["task"], s.labels["size"]): s.value
+        for s in fams["dynsparse_shadow_samples"].samples
+        if s.name.endswith("_total")
+    }
     assert samples[("classify", "0.90")] == len(TEXTS)
     jobs = {s.labels["outcome"]: s.value for s in fams["dynsparse_shadow_jobs"].samples if s.name.endswith("_total")}
     assert jobs["compared"] == len(TEXTS) / 4
@@ -155,8 +158,9 @@ def test_agreement_falls_with_sparsity_on_the_embedded_default(
     dynsparse.from_pretrained(default_model_path(), task="feature-extraction").save(str(tmp_path / "minilm"))
     with bz2.open(rotten_tomatoes_source(), "rt", encoding="utf-8") as f:
         texts = [r["text"].strip() for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")][:16]
-    settings = make_settings(checkpoint=tmp_path / "minilm", shadow_fraction=1.0, profile_batch_sizes=[1],
-                             profile_seq_lens=[16])  # fmt: skip
+    settings = make_settings(
+        checkpoint=tmp_path / "minilm", shadow_fraction=1.0, profile_batch_sizes=[1], profile_seq_lens=[16]
+    )
     sizes = (0.3, 0.6, 0.9)
     with live_server(settings) as live, live.client() as c:
         for s in sizes:

@@ -59,9 +59,14 @@ def test_unknown_size_name_lists_the_known_ones() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"sizes": {"x": 0.95}}, {"default_size": "nope"}, {"default_size": "0.99"}, {"levels": [0.95]},
-     {"min_sparsity": 0.5, "levels": [0.1, 0.2]}],
-)  # fmt: skip
+    [
+        {"sizes": {"x": 0.95}},
+        {"default_size": "nope"},
+        {"default_size": "0.99"},
+        {"levels": [0.95]},
+        {"min_sparsity": 0.5, "levels": [0.1, 0.2]},
+    ],
+)
 def test_inconsistent_operator_sizes_fail_at_start(bad: dict[str, object]) -> None:
     with pytest.raises(InputError):
         policy(**bad)

@@ -28,5 +28,6 @@ def test_gauges_parse_with_prometheus_client() -> None:
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(r).decode())}
     share = {s.labels["size"]: s.value for s in fams["dynsparse_budget_met_ratio"].samples}
     assert share == {"0.30": pytest.approx(2 / 3), "all": pytest.approx(2 / 3)}
-    assert {s.labels["reason"]: s.value for s in fams["dynsparse_size_decisions"].samples
-            if s.name.endswith("_total")} == {"floor": 1.0}  # fmt: skip
+    assert {
+        s.labels["reason"]: s.value for s in fams["dynsparse_size_decisions"].samples if s.name.endswith("_total")
+    } == {"floor": 1.0}

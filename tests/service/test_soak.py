@@ -137,8 +137,10 @@ async def _raw(live: Live, head: bytes, chunks: list[bytes], pause: float, read:
 
 def _request(body: dict[str, Any]) -> tuple[bytes, bytes]:
     data = json.dumps(body).encode()
-    head = (f"POST /v1/classify HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: soak\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     return head, data
 
 
@@ -158,8 +160,9 @@ async def _slow(live: Live, ledger: Ledger, done: asyncio.Event) -> None:
     head, data = _request(body)
     step = -(-len(data) // SLOW_CHUNKS)
     t0, answered = time.perf_counter(), len(ledger.answered)
-    status, payload, headers = await _raw(live, head, [data[i : i + step] for i in range(0, len(data), step)],
-                                          pause=0.1, read=True)  # fmt: skip
+    status, payload, headers = await _raw(
+        live, head, [data[i : i + step] for i in range(0, len(data), step)], pause=0.1, read=True
+    )
     ledger.record(body, status, payload, headers, (time.perf_counter() - t0) * 1000)
     # answered, or a clean 429 when the mixed traffic had filled the queue of 8 as its body arrived
     ledger.outcomes["slow client answered or refused cleanly"] += status in (200, 429)
@@ -174,8 +177,12 @@ async def _soak(live: Live, seed: int) -> Ledger:
     # idle connections expire before the server's 5 s keep-alive ends them: no reuse racing a close
     limits = httpx.Limits(max_connections=BURST + 20, max_keepalive_connections=BURST + 20, keepalive_expiry=1.0)
     async with httpx.AsyncClient(base_url=live.url, limits=limits) as client:  # one pool, as a load balancer has
-        await asyncio.gather(_mixed(client, ledger, seeds[0]), _burst(client, ledger, seeds[1], slow_done),
-                             _hangups(live, ledger, seeds[2]), _slow(live, ledger, slow_done))  # fmt: skip
+        await asyncio.gather(
+            _mixed(client, ledger, seeds[0]),
+            _burst(client, ledger, seeds[1], slow_done),
+            _hangups(live, ledger, seeds[2]),
+            _slow(live, ledger, slow_done),
+        )
     return ledger
 
 
@@ -218,12 +225,14 @@ def test_soak_answers_correctly_or_cleanly_and_recovers(soaked: Live, reference:
     srv = sorted(d["latency_ms"] for _, d in ledger.answered)  # as the server measures it: queue + inference
     p50_srv, p99_srv = statistics.median(srv), srv[int(0.99 * (len(srv) - 1))]
     total = MIXED + BURST + HANGUPS + 1
-    print(f"\nsoak: {total} requests in {wall:.1f} s; outcomes {dict(sorted(out.items()))}; "
-          f"answered p50 {p50:.0f} ms, p99 {p99:.0f} ms (in the server: {p50_srv:.0f} / {p99_srv:.0f} ms); "
-          f"{len(ledger.answered)} answers checked against the "
-          f"Python API; RSS {rss_before:.0f} -> {rss_after:.0f} MB; asyncio tasks {tasks_before} -> "
-          f"{soaked.tasks()}; dropped unrun or unsent: "
-          f"{ {r: soaked.metric('dynsparse_dropped_total', reason=r) - n for r, n in dropped.items()} }")  # fmt: skip
+    print(
+        f"\nsoak: {total} requests in {wall:.1f} s; outcomes {dict(sorted(out.items()))}; "
+        f"answered p50 {p50:.0f} ms, p99 {p99:.0f} ms (in the server: {p50_srv:.0f} / {p99_srv:.0f} ms); "
+        f"{len(ledger.answered)} answers checked against the "
+        f"Python API; RSS {rss_before:.0f} -> {rss_after:.0f} MB; asyncio tasks {tasks_before} -> "
+        f"{soaked.tasks()}; dropped unrun or unsent: "
+        f"{ {r: soaked.metric('dynsparse_dropped_total', reason=r) - n for r, n in dropped.items()} }"
+    )
 
 
 def _agrees(model: dynsparse.ElasticModel, body: dict[str, Any], data: dict[str, Any]) -> bool:

