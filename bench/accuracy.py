@@ -55,7 +55,7 @@ def finetune_at(model: ElasticModel, sparsity: float, train_ds: object, steps: i
 
 
 def accuracy_at(model: ElasticModel, eval_ds: object, levels: list[float]) -> dict[float, float]:
-    task = SequenceClassification(model.meta["labels"])
+    task = SequenceClassification(list(model.meta.labels))
     preds = predict_levels(model.eval(), task, eval_ds, levels, 64, progress=False)
     return {s: round(100 * task.metrics(preds[s], eval_ds)["accuracy"], 2) for s in levels}
 
@@ -93,7 +93,7 @@ def main() -> None:
     baselines: dict[float, float] = {}
     for sparsity in (0.0, *PRUNED_LEVELS):
         torch.manual_seed(42)
-        model = dynsparse.from_pretrained(str(m.model_name_or_path), labels=s.model.meta["labels"]).to(args.device)
+        model = dynsparse.from_pretrained(str(m.model_name_or_path), labels=list(s.model.meta.labels)).to(args.device)
         rewire(model, *magnitude_scores(model))  # prune the usual way: keep the largest-norm units
         finetune_at(model, sparsity, s.train_ds, steps, lr, batch)
         baselines[sparsity] = accuracy_at(model, s.eval_ds, [sparsity])[sparsity]

@@ -139,7 +139,7 @@ def main() -> None:
             rows += measure(model, [0.5] if args.quick else [0.5, 0.9], b, t, args.device, False, repeats=3)
     ref = next(r for r in rows if r["sparsity"] == 0.5 and r["batch"] == 8 and r["seq_len"] == 128)
     out = Path(args.out)
-    name = model.meta.get("base_model", "model")
+    name = model.meta.base_model or "model"
     summary = {
         "fraction_of_ideal": round(ref["dynsparse_speedup"] / ref["ideal_speedup"], 3),
         "speedup_at_0.5_b8_t128": ref["dynsparse_speedup"],

@@ -228,7 +228,7 @@ def build_contenders(
 
 def _base(model: ElasticModel) -> str:
     """The transformers model dynsparse started from (its dense peers run that)."""
-    base = str(model.meta.get("base_model") or "")
+    base = str(model.meta.base_model or "")
     return base if (Path(base) / "config.json").is_file() else default_model_path()
 
 

@@ -39,7 +39,7 @@ def validation(model: ElasticModel, n: int) -> tuple[list[str], list[int] | None
     _, valid = prepare_rotten_tomatoes(cache_dir() / "rotten_tomatoes")
     with open(valid, encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[:n]
-    labels = [str(x) for x in model.meta.get("labels") or []]
+    labels = [str(x) for x in model.meta.labels or ()]
     if sorted(labels) != ["fresh", "rotten"]:
         return [r["text"] for r in rows], None  # not trained on this data: agreement and cosine only
     return [r["text"] for r in rows], [labels.index(r["label"]) for r in rows]

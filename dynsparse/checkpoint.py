@@ -30,9 +30,9 @@ from dynsparse.errors import CheckpointError
 from dynsparse.family import family_for, shape_from_config
 from dynsparse.heads import TASKS
 from dynsparse.hf_config import base_config, is_remote, remote_config, write_remote
+from dynsparse.metadata import FORMAT_VERSION, CheckpointMeta, Vocabulary
 from dynsparse.modeling import ElasticModel
 
-FORMAT_VERSION = 1
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "dynsparse.json"
 REQUIRED = (WEIGHTS, CONFIG, META)
 _MAX_JSON_BYTES = 32 << 20  # dynsparse.json and config.json hold a few KB; anything this big is not ours
@@ -78,39 +78,12 @@ def save_checkpoint(model: ElasticModel, path: str | os.PathLike[str]) -> None:
         write_remote(remote_config(model), tmp)
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
-        meta = build_meta(model, sha256_file(tmp / WEIGHTS))
+        meta = model.meta.with_languages(model.languages).to_json(sha256_file(tmp / WEIGHTS))
         (tmp / META).write_text(json.dumps(meta, indent=2))
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):  # dynsparse.json last
             os.replace(f, out / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def build_meta(model: ElasticModel, weights_sha256: str) -> dict[str, Any]:
-    meta = dict(model.meta)
-    meta.update(
-        format_version=FORMAT_VERSION,
-        family=model.family.name,
-        model_type=model.hf_config.model_type,
-        task=meta.get("task", "text-classification"),
-        labels=meta["labels"] if "labels" in meta else [str(i) for i in range(model.shape.num_labels)],
-        allocation=model.allocation,
-        ordering={
-            "stored": "prefix",
-            "scores": ["head_scores", "neuron_scores"],
-            "estimator": (meta.get("ordering") or {}).get("estimator", "natural"),
-            "mode": (meta.get("ordering") or {}).get("mode", "once-for-all"),
-            **(
-                {"languages": model.languages, "language_scores": ["language_head_scores", "language_neuron_scores"]}
-                if model.languages
-                else {}
-            ),  # the non-shared setting: one more ordering per language
-        },
-        files={WEIGHTS: {"sha256": weights_sha256}},
-    )
-    meta.setdefault("sparsity_range", [0.0, 0.9])
-    meta.setdefault("levels", [])
-    return meta
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> ElasticModel:
@@ -121,14 +94,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
         >>> model(input_ids=ids, attention_mask=mask, sparsity=0.5).logits
     """
     root = Path(path)
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: no such checkpoint directory")
-    for name in REQUIRED:
-        if not (root / name).is_file():
-            raise CheckpointError(f"{root / name} is missing: a dynsparse checkpoint needs {', '.join(REQUIRED)}")
-    meta = read_meta(root / META)
-    expected = meta["files"][WEIGHTS]["sha256"]
-    if sha256_file(root / WEIGHTS) != expected:
+    meta = check_layout(root)
+    if sha256_file(root / WEIGHTS) != meta.weights_sha256:
         raise CheckpointError(f"{root / WEIGHTS}: checksum does not match {META} (corrupt or replaced file)")
     with torch.device("meta"):  # shapes only: nothing is allocated before they are checked against the file
         model = _build(root, meta)
@@ -140,40 +107,20 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> 
     return model.to(device or "cpu").eval()
 
 
-def read_meta(path: Path) -> dict[str, Any]:
+def check_layout(root: Path) -> CheckpointMeta:
+    """The checks before any weight is read (`dynsparse serve` runs them before the server starts): a
+    directory holding the required files, and a valid dynsparse.json, returned."""
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: no such checkpoint directory")
+    for name in REQUIRED:
+        if not (root / name).is_file():
+            raise CheckpointError(f"{root / name} is missing: a dynsparse checkpoint needs {', '.join(REQUIRED)}")
+    return read_meta(root / META)
+
+
+def read_meta(path: Path) -> CheckpointMeta:
     """Parse and validate dynsparse.json (types checked: the file may come from anyone)."""
-    meta = read_json(path)
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(meta).__name__}")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unknown format_version {version!r} (this dynsparse reads {FORMAT_VERSION})")
-    expect: dict[str, type | tuple[type, ...]] = {
-        "family": str,
-        "labels": list,
-        "allocation": str,
-        "levels": list,
-        "files": dict,
-        "sparsity_range": list,
-    }
-    for key, kind in expect.items():
-        if not isinstance(meta.get(key), kind):
-            raise CheckpointError(f"{path}: field {key!r} is missing or not a {getattr(kind, '__name__', kind)}")
-    if meta["allocation"] not in ("uniform", "global"):
-        raise CheckpointError(f"{path}: allocation must be 'uniform' or 'global', got {meta['allocation']!r}")
-    if not all(isinstance(x, str) for x in meta["labels"]):
-        raise CheckpointError(f"{path}: labels must be a list of strings")
-    rng = meta["sparsity_range"]
-    if len(rng) != 2 or not all(isinstance(x, (int, float)) for x in rng) or not 0 <= rng[0] < rng[1] < 1:
-        raise CheckpointError(f"{path}: sparsity_range must be [min, max] with 0 <= min < max < 1, got {rng!r:.100}")
-    for row in meta["levels"]:
-        s = row.get("sparsity", 0.0) if isinstance(row, dict) else None
-        if not isinstance(s, int | float) or isinstance(s, bool) or not 0 <= s < 1:
-            raise CheckpointError(f"{path}: levels must be objects with a sparsity in [0, 1), got {row!r:.100}")
-    sha = meta["files"].get(WEIGHTS, {})
-    if not isinstance(sha, dict) or not isinstance(sha.get("sha256"), str):
-        raise CheckpointError(f"{path}: files.{WEIGHTS}.sha256 is missing")
-    return meta
+    return CheckpointMeta.from_json(read_json(path), path)
 
 
 def read_json(path: Path) -> Any:
@@ -190,7 +137,7 @@ def read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({str(e)[:200]})") from None
 
 
-def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
+def _build(root: Path, meta: CheckpointMeta) -> ElasticModel:
     from transformers import AutoConfig
 
     stored = _stored_elements(root / WEIGHTS)
@@ -211,64 +158,34 @@ def _build(root: Path, meta: dict[str, Any]) -> ElasticModel:
     dims = ("vocab_size", "hidden", "layers", "heads", "intermediate", "max_positions", "embedding_size", "num_labels")
     _check_sizes(root / CONFIG, {k: getattr(shape, k) for k in dims}, stored)
     layer = shape.heads * head_cost(shape) + shape.intermediate * neuron_cost(shape)
-    rows = replace(shape, vocab_size=_kept_vocab(root / META, meta, shape.vocab_size))  # after vocabulary pruning
+    rows = replace(
+        shape, vocab_size=_kept_vocab(root / META, meta.vocabulary, shape.vocab_size)
+    )  # after vocabulary pruning
     needed = embedding_params(rows) + shape.layers * layer  # the head is checked tensor by tensor later
     if needed > stored:
         raise CheckpointError(f"{root / CONFIG}: describes {needed:,} encoder weights but {WEIGHTS} holds {stored:,}")
-    if family.name != meta["family"]:
-        raise CheckpointError(f"{root / META}: family {meta['family']!r} does not match {CONFIG} ({family.name})")
-    if meta.get("task") != "feature-extraction" and len(meta["labels"]) != shape.num_labels:
-        raise CheckpointError(f"{root / META}: {len(meta['labels'])} labels but {CONFIG} has {shape.num_labels}")
-    _check_depth(root / META, meta.get("depth"), shape.layers)
-    _check_languages(root / META, meta.get("ordering"))
-    task = meta.get("task", "text-classification")
-    if task not in TASKS:
-        raise CheckpointError(f"{root / META}: unknown task {task!r} (this dynsparse knows {', '.join(TASKS)})")
-    return ElasticModel(shape, family, config, meta["allocation"], meta=meta, task=task)
+    if family.name != meta.family:
+        raise CheckpointError(f"{root / META}: family {meta.family!r} does not match {CONFIG} ({family.name})")
+    labels = meta.labels or ()
+    if meta.task != "feature-extraction" and len(labels) != shape.num_labels:
+        raise CheckpointError(f"{root / META}: {len(labels)} labels but {CONFIG} has {shape.num_labels}")
+    if meta.depth is not None:
+        try:
+            meta.depth.check_layers(shape.layers)
+        except ValueError as e:
+            raise CheckpointError(f"{root / META}: {e}") from None
+    if meta.task not in TASKS:
+        raise CheckpointError(f"{root / META}: unknown task {meta.task!r} (this dynsparse knows {', '.join(TASKS)})")
+    return ElasticModel(shape, family, config, meta.allocation, meta=meta, task=meta.task)  # type: ignore[arg-type]
 
 
-def _check_depth(path: Path, depth: Any, layers: int) -> None:
-    """The elastic-depth record, when present: an order ranking each layer once, a minimum within the layers."""
-    if depth is None:
-        return
-    if not isinstance(depth, dict):
-        raise CheckpointError(f"{path}: depth must be an object, got {type(depth).__name__}")
-    order, least = depth.get("order"), depth.get("min_layers", layers)
-    if order is not None and (
-        not isinstance(order, list)
-        or sorted(map(str, order)) != sorted(map(str, range(layers)))
-        or not all(type(i) is int for i in order)
-    ):
-        raise CheckpointError(f"{path}: depth.order must rank each of the {layers} layers once, got {order!r:.100}")
-    if type(least) is not int or not 1 <= least <= layers:
-        raise CheckpointError(f"{path}: depth.min_layers must be an integer from 1 to {layers}, got {least!r:.50}")
-
-
-def _check_languages(path: Path, ordering: Any) -> None:
-    """Per-language orderings, when present: a short list of distinct short names."""
-    if ordering is not None and not isinstance(ordering, dict):
-        raise CheckpointError(f"{path}: ordering must be an object, got {type(ordering).__name__}")
-    langs = ordering.get("languages") if isinstance(ordering, dict) else None
-    if langs is None:
-        return
-    if (
-        not isinstance(langs, list)
-        or not 1 <= len(langs) <= 256
-        or len(set(map(str, langs))) != len(langs)
-        or not all(isinstance(x, str) and 0 < len(x) <= 64 for x in langs)
-    ):
-        raise CheckpointError(f"{path}: ordering.languages must be up to 256 distinct names, got {langs!r:.100}")
-
-
-def _kept_vocab(path: Path, meta: dict[str, Any], vocab_size: int) -> int:
+def _kept_vocab(path: Path, vocab: Vocabulary | None, vocab_size: int) -> int:
     """Rows of the word embeddings: the tokens kept by vocabulary pruning, else the whole vocabulary."""
-    vocab = meta.get("vocabulary")
     if vocab is None:
         return vocab_size
-    kept = vocab.get("kept") if isinstance(vocab, dict) else None
-    if not isinstance(kept, int) or isinstance(kept, bool) or not 1 <= kept <= vocab_size:
-        raise CheckpointError(f"{path}: vocabulary.kept must be an integer from 1 to {vocab_size}, got {kept!r:.50}")
-    return kept
+    if vocab.kept > vocab_size:
+        raise CheckpointError(f"{path}: vocabulary.kept must be an integer from 1 to {vocab_size}, got {vocab.kept}")
+    return vocab.kept
 
 
 def _stored_elements(path: Path) -> int:

@@ -138,6 +138,7 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     from dynsparse.config import DataArguments
     from dynsparse.data import load_splits
     from dynsparse.evaluate import default_levels, depth_grid, evaluate_levels, write_levels
+    from dynsparse.metadata import Columns
     from dynsparse.recipe import level_info
     from dynsparse.tasks import make_task
     from dynsparse.twin import add_agreement, twin_texts
@@ -147,17 +148,17 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     raw = load_splits(args.validation_file, "validation data")
     if args.max_eval_samples:
         raw = raw.select(range(min(args.max_eval_samples, len(raw))))
-    cols_meta = model.meta.get("columns", {})
+    cols_meta = model.meta.columns or Columns()
     dargs = DataArguments(
-        text_column=args.text_column or cols_meta.get("text"),
-        label_column=args.label_column or cols_meta.get("label"),
-        text_pair_column=args.text_pair_column or cols_meta.get("pair"),
+        text_column=args.text_column or cols_meta.text,
+        label_column=args.label_column or cols_meta.label,
+        text_pair_column=args.text_pair_column or cols_meta.pair,
     )
-    task = make_task(model.task, model.meta["labels"])
+    task = make_task(model.task, list(model.meta.labels or ()))
     max_len = min(args.max_seq_length, model.shape.max_positions - 2)
     texts, labelled = twin_texts(raw, task, dargs)  # a file without labels: agreement with dense only
     ds = task.encode(raw, model.tokenizer, task.columns(raw, dargs), max_len, "data", train=False) if labelled else None
-    lo, hi = model.meta["sparsity_range"]
+    lo, hi = model.meta.sparsity_range
     levels = args.levels or [x for x in default_levels(hi) if x >= lo] or [lo]
     depths = args.depths or depth_grid(model)
     for d in depths:
@@ -176,11 +177,10 @@ def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[
     if args.agreement or not labelled:
         add_agreement(rows, model, texts, args.batch_size, max_len)
     metric = task.main_metric if labelled else "agreement"
-    info = level_info(model, model.meta.get("base_model", path), device, args.latency_batch, args.latency_seq_len)
+    info = level_info(model, model.meta.base_model or path, device, args.latency_batch, args.latency_seq_len)
     info = {**info, "dtype": str(dtype).removeprefix("torch."), "checkpoint": path, "data": args.validation_file}
     write_levels(rows, out, metric, info)
-    ordering = model.meta.get("ordering") or {}
-    label = f"{ordering.get('estimator', 'natural')}, {ordering.get('mode', 'once-for-all')}"
+    label = f"{model.meta.ordering.estimator}, {model.meta.ordering.mode}"
     return rows, metric, label
 
 
@@ -192,7 +192,7 @@ def _profile(args: argparse.Namespace) -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, dtype = _load_in_dtype(args.checkpoint, device, args.dtype)
-    levels = args.levels or default_levels(model.meta["sparsity_range"][1])
+    levels = args.levels or default_levels(model.meta.sparsity_range[1])
     rows = profile_levels(model, levels, args.batch_sizes, args.seq_lens)
     print(f"{'sparsity':>9} {'batch':>6} {'seq_len':>8} {'latency_ms':>11}")
     for r in rows:
@@ -276,14 +276,15 @@ def _prune_vocab(args: argparse.Namespace) -> None:
     import dynsparse
     from dynsparse.checkpoint import META
     from dynsparse.data import LANGUAGE, load_splits
+    from dynsparse.metadata import Columns
     from dynsparse.vocab import prune_vocabulary, used_tokens
 
     if (Path(args.output_dir) / META).exists():
         raise InputError(f"{args.output_dir} already holds a checkpoint; choose a new --output_dir")
     model = dynsparse.load(args.checkpoint)
     raw = load_splits(args.data, "corpus")
-    cols = [c for c in model.meta.get("columns", {}).values() if c in raw.column_names and c != LANGUAGE]
-    cols = [c for c in cols if c != model.meta.get("columns", {}).get("label")] or _text_columns(raw)
+    named = model.meta.columns or Columns()
+    cols = [c for c in (named.text, named.pair) if c and c in raw.column_names and c != LANGUAGE] or _text_columns(raw)
     if not cols:
         raise InputError(f"corpus {args.data}: no text columns found; columns are {raw.column_names}")
     before = model.costs(0.0, 128)

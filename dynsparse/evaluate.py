@@ -30,7 +30,7 @@ def default_levels(max_sparsity: float, step: float = 0.1) -> list[float]:
 
 def depth_grid(model: ElasticModel) -> list[int]:
     """All layers; for a checkpoint trained with elastic depth, depths from all layers down to its minimum."""
-    layers, least = model.shape.layers, (model.meta.get("depth") or {}).get("min_layers")
+    layers, least = model.shape.layers, model.meta.depth.min_layers if model.meta.depth else None
     if not isinstance(least, int) or not 1 <= least < layers:
         return [layers]
     step = max(1, -(-(layers - least) // 3))  # at most four depths: the table stays readable

@@ -310,7 +310,7 @@ def _describe(model: ElasticModel, fixed: FixedSizeModel, sparsity: float, fmt: 
 
 
 def _labels(model: ElasticModel) -> list[str]:
-    return model.meta.get("labels") or [str(i) for i in range(model.shape.num_labels)]
+    return list(model.meta.labels or ()) or [str(i) for i in range(model.shape.num_labels)]
 
 
 def _max_length(model: ElasticModel) -> int:
@@ -339,13 +339,13 @@ def _save_sidecar(
         "language": fixed.language,
         "params": sum(p.numel() for p in fixed.parameters()),
         "labels": _labels(model),
-        "task": model.meta.get("task", "text-classification"),
+        "task": model.meta.task,
         "inputs": fixed.input_names,
         "outputs": fixed.output_names,
         "max_length": max_length,
         "opset": OPSET if fmt == "onnx" else None,
         "family": model.family.name,
-        "base_model": model.meta.get("base_model"),
+        "base_model": model.meta.base_model,
         "dynsparse_version": __version__,
         **(extra or {}),
     }

@@ -49,7 +49,7 @@ def stock_config(model: ElasticModel, layers: int, width: int) -> Any:
         config.n_layers, config.hidden_dim = layers, width
     else:
         config.num_hidden_layers, config.intermediate_size = layers, width
-    labels = model.meta.get("labels") or []
+    labels = list(model.meta.labels or ())
     if model.task in ("text-classification", "token-classification") and labels:
         config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
     auto = getattr(transformers, AUTO_CLASS[model.task])

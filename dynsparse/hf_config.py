@@ -33,7 +33,7 @@ def remote_config(model: ElasticModel, layer_sizes: Structure | None = None) -> 
     base = model.hf_config
     raw = json.loads(base.to_json_string(use_diff=True))
     auto, cls = CLASSES[model.task]
-    labels = model.meta.get("labels") or []
+    labels = list(model.meta.labels or ())
     if model.task in ("text-classification", "token-classification") and labels:
         raw["id2label"] = dict(enumerate(labels))
         raw["label2id"] = {name: i for i, name in enumerate(labels)}
@@ -51,7 +51,7 @@ def remote_config(model: ElasticModel, layer_sizes: Structure | None = None) -> 
             "shape": asdict(model.shape),  # the names modeling_dynsparse.py reads
             "padded_positions": model.family.padded_positions,
             "pool_act": model.family.pool_act,
-            "kept_vocab": model.meta.get("vocabulary", {}).get("kept"),
+            "kept_vocab": model.meta.vocabulary.kept if model.meta.vocabulary else None,
             "allocation": model.allocation,
             "layer_order": list(model.layer_order),
             "layer_sizes": [list(hn) for hn in layer_sizes] if layer_sizes is not None else None,

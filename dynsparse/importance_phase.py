@@ -182,7 +182,7 @@ def fix_depth_rule(model: ElasticModel, sparsity: SparsityArguments) -> None:
     """Record the elastic depth range and, for a fixed rule, the order layers drop in (taylor's comes at
     rewiring, from the layer gates)."""
     layers, rule = model.shape.layers, sparsity.layer_order
-    model.meta["depth"] = {**(model.meta.get("depth") or {}), "min_layers": sparsity.min_depth or layers}
+    model.meta = model.meta.with_depth(min_layers=sparsity.min_depth or layers)
     if rule == "every-other":
         model.set_layer_order(every_other(layers), rule)
     elif rule == "top":

@@ -21,6 +21,7 @@ from dynsparse.errors import InputError
 from dynsparse.family import EncoderShape, Family
 from dynsparse.heads import check_task, head_params, make_head
 from dynsparse.masks import GlobalRanking, Structure, global_structure, rank_globally, uniform_structure
+from dynsparse.metadata import CheckpointMeta
 from dynsparse.packing import Packing
 
 
@@ -168,18 +169,20 @@ class ElasticModel(nn.Module):
         hf_config: Any,
         allocation: Allocation = "uniform",
         tokenizer: Any = None,
-        meta: dict[str, Any] | None = None,
+        meta: CheckpointMeta | None = None,
         task: str | None = None,
     ) -> None:
         super().__init__()
         self.shape, self.family, self.hf_config, self.tokenizer = shape, family, hf_config, tokenizer
         self.allocation: Allocation = allocation
-        self.meta: dict[str, Any] = dict(meta or {})
-        self.task = check_task(task or self.meta.get("task") or "text-classification")
-        self.meta["task"] = self.task
+        meta = meta or CheckpointMeta()
+        self.task = check_task(task or meta.task)
+        labels = meta.labels if meta.labels is not None else tuple(str(i) for i in range(shape.num_labels))
+        self.meta = replace(meta, task=self.task, labels=labels, family=family.name, allocation=allocation)
+        self.meta = replace(self.meta, model_type=getattr(hf_config, "model_type", None))
         hidden_dropout = getattr(hf_config, "hidden_dropout_prob", getattr(hf_config, "dropout", 0.1))
         attn_dropout = getattr(hf_config, "attention_probs_dropout_prob", getattr(hf_config, "attention_dropout", 0.1))
-        kept = self.meta.get("vocabulary", {}).get("kept")
+        kept = self.meta.vocabulary.kept if self.meta.vocabulary else None
         self.embeddings = Embeddings(shape, family.padded_positions, hidden_dropout, kept)
         self.layers = nn.ModuleList(ElasticLayer(shape, hidden_dropout, attn_dropout) for _ in range(shape.layers))
         self.head = make_head(self.task, shape, family, hidden_dropout)
@@ -190,13 +193,14 @@ class ElasticModel(nn.Module):
         self._structures: dict[tuple[float, int | None, str | None], Structure] = {}
         self._ranking: GlobalRanking | None = None
         # Non-shared setting: one more ordering per language, as scores of the stored units (None: shared only).
-        self.languages: list[str] = list((self.meta.get("ordering") or {}).get("languages") or [])
+        self.languages: list[str] = list(self.meta.ordering.languages)
         n, lay = len(self.languages), shape.layers
         self.register_buffer("language_head_scores", torch.zeros(n, lay, shape.heads) if n else None)
         self.register_buffer("language_neuron_scores", torch.zeros(n, lay, shape.intermediate) if n else None)
         self._rows: dict[tuple[str, Structure, str], list[UnitRows]] = {}
         # Depth: layers ranked most important first; depth d keeps the first d of them (nested like width).
-        self.layer_order: list[int] = list((self.meta.get("depth") or {}).get("order") or every_other(shape.layers))
+        stored_order = self.meta.depth.order if self.meta.depth else None
+        self.layer_order: list[int] = list(stored_order or every_other(shape.layers))
 
     # -- sizes -------------------------------------------------------------------------------------
     def structure(self, sparsity: float, depth: int | None = None, language: str | None = None) -> Structure:
@@ -244,7 +248,7 @@ class ElasticModel(nn.Module):
         self.languages = list(languages)
         self.language_head_scores = head.detach().float().to(self.head_scores.device)
         self.language_neuron_scores = neuron.detach().float().to(self.head_scores.device)
-        self.meta["ordering"] = {**(self.meta.get("ordering") or {}), "languages": self.languages}
+        self.meta = self.meta.with_languages(self.languages)
         self._structures.clear()
         self._rows.clear()
 
@@ -284,7 +288,7 @@ class ElasticModel(nn.Module):
         if sorted(order) != list(range(self.shape.layers)):
             raise ValueError(f"a layer order must rank each of the {self.shape.layers} layers once, got {order}")
         self.layer_order = list(order)
-        self.meta["depth"] = {**(self.meta.get("depth") or {}), "order": self.layer_order, "rule": rule}
+        self.meta = self.meta.with_depth(order=tuple(self.layer_order), rule=rule)
         self._structures.clear()
 
     def costs(self, sparsity: float, seq_len: int, depth: int | None = None) -> dict[str, float]:
@@ -302,6 +306,7 @@ class ElasticModel(nn.Module):
 
     def set_allocation(self, allocation: Allocation) -> None:
         self.allocation = allocation
+        self.meta = replace(self.meta, allocation=allocation)
         self._structures.clear()
         self._rows.clear()
 

@@ -6,6 +6,7 @@ classifier; we only rename (and transpose the two output projections) via the fa
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def from_pretrained(
     with torch.no_grad():
         import_weights(model, state)
     model.tokenizer = load_tokenizer(name_or_path, config.model_type, task) if tokenizer else None
-    model.meta.update(base_model=str(name_or_path), labels=_labels(config, task))
+    model.meta = replace(model.meta, base_model=str(name_or_path), labels=tuple(_labels(config, task)))
     log.info("loaded %s (%s, %d layers)", name_or_path, config.model_type, config.num_hidden_layers)
     return model.eval()
 

@@ -11,12 +11,13 @@ import logging
 import os
 import platform
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dynsparse import metadata
 from dynsparse.checkpoint import META, save_checkpoint
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
 from dynsparse.data import Columns, load_split
@@ -84,11 +85,12 @@ def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
         kind.columns(eval_raw, d)
     task = kind(kind.label_names(train_raw, cols))
     model = from_pretrained(m.model_name_or_path, labels=task.labels, allocation=sp.allocation, task=d.task)
-    model.meta.update(
+    model.meta = replace(
+        model.meta,
         task=d.task,
-        labels=task.labels,
+        labels=tuple(task.labels),
         main_metric=task.main_metric,
-        columns={"text": cols.text, "pair": cols.pair, "label": cols.label},
+        columns=metadata.Columns(cols.text, cols.pair, cols.label),
     )
     max_len = min(d.max_seq_length, model.shape.max_positions - 2)
     train_ds = task.encode(train_raw, model.tokenizer, cols, max_len, "training data", train=True)
@@ -96,8 +98,8 @@ def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
     teacher = None
     if m.teacher_name_or_path:
         teacher = from_pretrained(m.teacher_name_or_path, tokenizer=False, task=d.task)
-        if len(teacher.meta["labels"]) != len(task.labels):
-            raise InputError(f"teacher has {len(teacher.meta['labels'])} labels, the data has {len(task.labels)}")
+        if len(teacher.meta.labels or ()) != len(task.labels):
+            raise InputError(f"teacher has {len(teacher.meta.labels or ())} labels, the data has {len(task.labels)}")
     return Setup(model, task, train_ds, eval_ds, teacher, cols)
 
 
@@ -147,7 +149,7 @@ def _run_training(
             m.model_name_or_path,
             d.train_file,
             len(s.train_ds),
-            s.model.meta["labels"],
+            list(s.model.meta.labels or ()),
             world.size,
         )
         trainer = Trainer(s.model, s.task, s.train_ds, s.eval_ds, t, sp, s.teacher, world)
@@ -173,9 +175,10 @@ def _run_training(
     )
     info = level_info(model, m.model_name_or_path or "", trainer.device, LATENCY_BATCH, LATENCY_SEQ_LEN)
     full = [r for r in rows if r["depth"] == model.shape.layers]  # the served size table is the width axis
-    model.meta.update(
-        sparsity_range=[sp.min_sparsity, sp.max_sparsity],
-        levels=full,
+    model.meta = replace(
+        model.meta,
+        sparsity_range=(sp.min_sparsity, sp.max_sparsity),
+        levels=tuple(full),
         level_info=info,
         training={**summary, "args": {**asdict(m), **asdict(d), **asdict(sp), **asdict(t)}},
     )

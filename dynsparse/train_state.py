@@ -128,7 +128,7 @@ def load_state(
     state = _read(path / "trainer_state.json", _trainer_state)
     scores = _read(path / "importance.safetensors", lambda f: load_file(str(f), device=str(device)))
     if "language_head_scores" in weights and model.language_head_scores is None:  # saved after per-language rewiring
-        langs = (_read(path / META, read_meta).get("ordering") or {}).get("languages") or []
+        langs = list(_read(path / META, read_meta).ordering.languages)
         _read(
             path / WEIGHTS,
             lambda f: model.set_language_scores(
@@ -165,7 +165,7 @@ def _read(file: Path, read: Callable[[Path], _T]) -> _T:
 
 def _verified_weights(file: Path, device: str) -> dict[str, torch.Tensor]:
     meta = read_meta(file.parent / META)
-    if sha256_file(file) != meta["files"][WEIGHTS]["sha256"]:
+    if sha256_file(file) != meta.weights_sha256:
         raise ValueError(f"checksum does not match {META} (corrupt or replaced file)")
     return load_file(str(file), device=device)
 

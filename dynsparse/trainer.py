@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from dynsparse.errors import InputError
 from dynsparse.evaluate import predict_levels
 from dynsparse.importance import magnitude_scores
 from dynsparse.importance_phase import Gates, ImportancePhase, fix_depth_rule, ordering_languages
+from dynsparse.metadata import Ordering
 from dynsparse.modeling import ElasticModel
 from dynsparse.schedule import batch_indices, sample_depths, sample_sizes, total_steps
 from dynsparse.tasks import Task
@@ -107,7 +108,7 @@ class Trainer:
             self._resume(resolve_resume(self.args.resume_from_checkpoint, self.out_dir))
         elif self.sp.importance == "magnitude" and not self.state.rewired and not self.fine_tune:
             self._rewire(*magnitude_scores(self.model))
-        self.model.meta["ordering"] = {"estimator": self.sp.importance, "mode": self.sp.mode}
+        self.model.meta = replace(self.model.meta, ordering=Ordering(self.sp.importance, self.sp.mode))
         fix_depth_rule(self.model, self.sp)
         start, t0, main = self.state.step, time.time(), self.world.is_main
         bar = tqdm(total=self.total, initial=start, desc="training", unit="step", dynamic_ncols=True, disable=not main)

@@ -12,10 +12,12 @@ Example:
 """
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 
 from dynsparse.errors import InputError
+from dynsparse.metadata import Vocabulary
 from dynsparse.modeling import ElasticModel
 
 
@@ -61,5 +63,5 @@ def prune_vocabulary(model: ElasticModel, keep: set[int]) -> dict[str, int]:
     old.word = torch.nn.Embedding.from_pretrained(rows, freeze=False)
     old.vocab_map = new_map  # a buffer: saved with the weights
     counts = {"original": original, "kept": len(ids)}
-    model.meta["vocabulary"] = counts
+    model.meta = replace(model.meta, vocabulary=Vocabulary(original, len(ids)))
     return counts

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dynsparse.checkpoint import META, REQUIRED, read_meta
-from dynsparse.errors import CheckpointError, InputError
+from dynsparse.checkpoint import check_layout
+from dynsparse.errors import InputError
 from service.app import create_app
 from service.settings import Settings
 
@@ -33,13 +33,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 def _check_checkpoint(settings: Settings) -> None:
     """Fail before the server starts on common checkpoint mistakes (the full load is in the lifespan)."""
-    root = settings.checkpoint
-    if not root.is_dir():
-        raise CheckpointError(f"{root}: no such checkpoint directory")
-    for name in REQUIRED:
-        if not (root / name).is_file():
-            raise CheckpointError(f"{root / name} is missing: a dynsparse checkpoint needs {', '.join(REQUIRED)}")
-    read_meta(root / META)
+    check_layout(settings.checkpoint)
 
 
 def _quiet_startup_failure(app: FastAPI) -> ASGIApp:

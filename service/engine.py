@@ -100,14 +100,14 @@ class Engine:
         self.max_tokens = min(max_tokens, model.shape.max_positions - 2)  # RoBERTa positions start at pad + 1
         self.max_rows = max_rows  # model rows per request: a long QA context takes one per window
         self.tokenizer: Any = model.tokenizer
-        self.labels = [str(x) for x in model.meta.get("labels") or range(model.shape.num_labels)]
-        lo, hi = model.meta.get("sparsity_range", [0.0, 0.9])
+        self.labels = list(model.meta.labels or ()) or [str(x) for x in range(model.shape.num_labels)]
+        lo, hi = model.meta.sparsity_range
         self.trained_range = (float(lo), float(hi))
         self.task: str = model.task  # what the checkpoint was trained for (a transformers pipeline name)
         self.tasks = served_tasks(model.task)  # the endpoints it serves, its own first
-        trained_len = model.meta.get("training", {}).get("args", {}).get("max_seq_length")
+        trained_len = model.meta.max_seq_length
         # QA windows as long as in training (positions past it were never trained), at most the token limit
-        self.window = min(self.max_tokens, int(trained_len)) if isinstance(trained_len, int) else self.max_tokens
+        self.window = min(self.max_tokens, trained_len) if trained_len is not None else self.max_tokens
         self._codecs = make_codecs(self.tasks, self.tokenizer, self.max_tokens, self.labels, self.window)
         self._structures: dict[tuple[float, int | None, str | None], Structure] = {}
         self.last_run = RunStats()  # read by the batcher after each run, on the loop (the worker is idle then)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ import torch
 
 from dynsparse.cost import level_costs
 from dynsparse.heads import head_params
+from dynsparse.metadata import CheckpointMeta, Depth
 from service.batcher import Batcher
 from service.engine import Engine, default_batch_wait_ms
 from service.floor import Floor
@@ -102,7 +103,7 @@ def _add_quality(rt: Runtime) -> None:
         rt.planner.cost_ms,
         timeout_s=s.request_timeout_s,
     )
-    levels = [r for r in meta.get("levels", []) if isinstance(r, dict)]
+    levels = [dict(r) for r in meta.levels]
     stored = {round(float(r["sparsity"]), 6): r for r in levels if "sparsity" in r}
     rt.floor = Floor.build(
         rt.engine.endpoint,
@@ -156,7 +157,7 @@ def _profile(engine: Engine, policy: SizePolicy, settings: Settings) -> LatencyP
     """The cached profile of this checkpoint on this device and dtype, else a new measurement (cached)."""
     levels = _profile_levels(policy, settings.profile_levels)
     batches, lens = settings.profile_batch_sizes, settings.profile_seq_lens
-    key = json.dumps([engine.model.meta.get("files"), engine.device_name, torch.__version__, levels, batches, lens])
+    key = json.dumps([dict(engine.model.meta.files), engine.device_name, torch.__version__, levels, batches, lens])
     path = None
     if settings.profile_cache_dir is not None:
         name = f"{settings.checkpoint.resolve().name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
@@ -187,11 +188,10 @@ _METRICS = (
 )
 
 
-def _metric(meta: dict[str, Any], stored: dict[float, dict[str, Any]]) -> str | None:
+def _metric(meta: CheckpointMeta, stored: Mapping[float, Mapping[str, Any]]) -> str | None:
     """The checkpoint's headline metric (older checkpoints: the first usual metric its level table has)."""
-    main = meta.get("main_metric")
-    if isinstance(main, str):
-        return main
+    if meta.main_metric is not None:
+        return meta.main_metric
     return next((k for k in _METRICS if any(k in r for r in stored.values())), None)
 
 
@@ -200,7 +200,7 @@ def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw:
     (predicted from `profile`; the `raw` measurements are listed as they were taken)."""
     batch = max(p.batch for p in profile.points)
     seq_len = max(p.seq_len for p in profile.points)
-    stored = {round(float(r["sparsity"]), 6): r for r in engine.model.meta.get("levels", []) if "sparsity" in r}
+    stored = {round(float(r["sparsity"]), 6): dict(r) for r in engine.model.meta.levels if "sparsity" in r}
     levels = [
         _level(engine, policy, profile, s, stored.get(round(s, 6), {}), batch, seq_len) for s in policy.candidates()
     ]
@@ -221,14 +221,14 @@ def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw:
         latency_seq_len=seq_len,
         profile=[Measurement(**asdict(p)) for p in raw.points],
         layers=engine.layers,
-        depth=_depth_record(engine.model.meta.get("depth")),
+        depth=_depth_record(engine.model.meta.depth),
         languages=engine.languages,
     )
 
 
-def _depth_record(record: Any) -> dict[str, Any] | None:
+def _depth_record(depth: Depth | None) -> dict[str, Any] | None:
     """The checkpoint's depth record (order, rule, min_layers), or None when it has none."""
-    return dict(record) if isinstance(record, dict) and record else None
+    return (depth.to_json() or None) if depth is not None else None
 
 
 def _level(

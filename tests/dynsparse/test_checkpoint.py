@@ -30,7 +30,7 @@ def test_save_load_round_trip_is_exact(tiny_ckpt: Path, tmp_path: Path) -> None:
     again = dynsparse.load(str(tmp_path / "copy"))
     for s in (0.0, 0.3, 0.9):
         assert torch.equal(_logits(model, s), _logits(again, s))
-    assert again.meta["levels"] == model.meta["levels"] and again.structure(0.5) == model.structure(0.5)
+    assert again.meta.levels == model.meta.levels and again.structure(0.5) == model.structure(0.5)
     assert not list((tmp_path / "copy").glob(".tmp-*"))  # the temporary folder is gone
 
 

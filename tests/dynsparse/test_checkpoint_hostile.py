@@ -135,7 +135,7 @@ def test_nan_metrics_still_load(ckpt: Path, tmp_path: Path) -> None:
     """A metric can be NaN (a correlation of constant predictions): not a reason to refuse the checkpoint."""
     nan_f1 = _first_level({"sparsity": 0.0, "f1": float("nan")})
     model = dynsparse.load(str(_variant(ckpt, tmp_path / "c", "dynsparse.json", nan_f1)))
-    assert model.meta["levels"][0]["f1"] != model.meta["levels"][0]["f1"]
+    assert model.meta.levels[0]["f1"] != model.meta.levels[0]["f1"]
 
 
 @pytest.mark.parametrize("command", ["export", "serve", "evaluate"])

@@ -126,7 +126,7 @@ def test_onnx_export_has_a_config_beside_it(tiny_ckpt: Path, tmp_path: Path) -> 
     config = transformers.AutoConfig.from_pretrained(tmp_path)  # a stock type: no remote code in an ONNX dir
     assert config.model_type == "bert" and config.num_hidden_layers == 2
     assert config.dynsparse_structure == [list(hn) for hn in model.structure(0.5)]
-    assert config.id2label == dict(enumerate(model.meta["labels"]))
+    assert config.id2label == dict(enumerate(model.meta.labels))
 
 
 # -- optimum (its own interpreter: optimum-onnx needs transformers < 4.58; .ci/run builds it) ---------------------

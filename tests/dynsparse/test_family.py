@@ -36,4 +36,4 @@ def test_new_labels_initialise_a_fresh_classifier(tiny_dir: Path) -> None:
     model = dynsparse.from_pretrained(str(tiny_dir / "bert"), labels=["neg", "neutral", "pos"])
     ids = torch.tensor([[3, 10, 11, 4]])
     assert model(input_ids=ids).logits.shape == (1, 3)
-    assert model.meta["labels"] == ["neg", "neutral", "pos"]
+    assert model.meta.labels == ("neg", "neutral", "pos")

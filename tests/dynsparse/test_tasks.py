@@ -157,7 +157,7 @@ def test_embeddings_learn_to_match_translations(embed_ckpt: Path, tmp_path: Path
     base = task.metrics(predict_levels(model, task, ds, [0.0], progress=False)[0.0], ds)["accuracy_at_1"]
     assert base < rows[0]["accuracy_at_1"] - 0.3
     reloaded = dynsparse.load(str(run))
-    assert reloaded.task == "feature-extraction" and reloaded.meta["labels"] == []
+    assert reloaded.task == "feature-extraction" and reloaded.meta.labels == ()
 
 
 # -- per-language results ------------------------------------------------------------------------------

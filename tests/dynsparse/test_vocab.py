@@ -61,7 +61,7 @@ def test_prune_vocab_command_writes_a_loadable_smaller_checkpoint(tiny_ckpt: Pat
     assert r.returncode == 0, r.stderr
     assert "kept" in r.stdout and "of 120 tokens" in r.stdout
     model = dynsparse.load(str(out))
-    assert model.embeddings.word.num_embeddings == model.meta["vocabulary"]["kept"] < 120
+    assert model.embeddings.word.num_embeddings == model.meta.vocabulary.kept < 120
     full = dynsparse.load(str(tiny_ckpt))
     enc = full.tokenizer(["w1 w2 w3", "w4 w5"], padding=True, return_tensors="pt")
     with torch.no_grad():  # the reloaded checkpoint answers its corpus as the original does

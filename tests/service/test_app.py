@@ -34,7 +34,7 @@ def test_classify_equals_the_python_api(api: httpx.Client, reference: dynsparse.
     assert body["sparsity"] == s and body["latency_ms"] >= body["inference_ms"] > 0 and body["degraded"] is False
     assert r.headers["x-sparsity"] == str(s) and float(r.headers["x-total-time"]) > 0
     probs = expected_probs(reference, TEXTS, s)
-    labels = reference.meta["labels"]
+    labels = list(reference.meta.labels)
     assert [x["label"] for x in body["results"]] == [labels[i] for i in probs.argmax(-1).tolist()]
     assert [x["score"] for x in body["results"]] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
 

@@ -45,7 +45,7 @@ def scores(body: dict[str, Any]) -> list[float]:
 
 
 def assert_same_classes(body: dict[str, Any], model: dynsparse.ElasticModel, want: torch.Tensor) -> None:
-    labels = model.meta["labels"]
+    labels = list(model.meta.labels)
     assert [x["label"] for x in body["results"]] == [labels[i] for i in want.argmax(-1).tolist()]
     assert scores(body) == pytest.approx(want.max(-1).values.tolist(), abs=1e-5)
 
@@ -62,7 +62,7 @@ def lang_ckpt(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
         torch.rand(2, s.layers, s.intermediate, generator=gen),
     )
     model.set_layer_order([1, 0], "test")
-    model.meta["depth"]["min_layers"] = 1
+    model.meta = model.meta.with_depth(min_layers=1)
     out = tmp_path_factory.mktemp("lang") / "run"
     dynsparse.save(model, out)
     return out
@@ -216,7 +216,7 @@ def test_sizes_list_layers_depth_and_languages(
 ) -> None:
     shared = api.get("/v1/sizes").json()
     assert shared["layers"] == 2 and shared["languages"] == []
-    assert shared["depth"] == (reference.meta.get("depth") or None)
+    assert shared["depth"] == (reference.meta.depth.to_json() if reference.meta.depth else None)
     body = lang_api.get("/v1/sizes").json()
     assert body["layers"] == 2 and body["languages"] == LANGUAGES
     assert body["depth"] == {"order": [1, 0], "rule": "test", "min_layers": 1}

@@ -253,4 +253,4 @@ def _expected(model: dynsparse.ElasticModel, item: str, s: float) -> tuple[str, 
     enc = model.tokenizer(*([t] for t in text) if isinstance(text, list) else [text], return_tensors="pt")
     with torch.no_grad():
         probs = model(**enc, sparsity=s).logits.softmax(-1)[0]  # (C,)
-    return str(model.meta["labels"][int(probs.argmax())]), float(probs.max())
+    return str(model.meta.labels[int(probs.argmax())]), float(probs.max())

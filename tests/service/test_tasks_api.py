@@ -60,7 +60,7 @@ def word_tags(model: dynsparse.ElasticModel, words: list[str], s: float) -> list
     with torch.no_grad():
         probs = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], sparsity=s).logits.softmax(-1)
     firsts = {w: t for t, w in reversed(list(enumerate(enc.word_ids(0)))) if w is not None}
-    labels = model.meta["labels"]
+    labels = list(model.meta.labels)
     return [(labels[int(probs[0, firsts[w]].argmax())], float(probs[0, firsts[w]].max())) for w in range(len(words))]
 
 
