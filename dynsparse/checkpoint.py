@@ -28,10 +28,10 @@ from safetensors.torch import load_file, save_file
 from dynsparse.cost import embedding_params, head_cost, neuron_cost
 from dynsparse.errors import CheckpointError
 from dynsparse.family import family_for, shape_from_config
-from dynsparse.heads import TASKS
 from dynsparse.hf_config import base_config, is_remote, remote_config, write_remote
 from dynsparse.metadata import FORMAT_VERSION, CheckpointMeta, Vocabulary
 from dynsparse.modeling import ElasticModel
+from dynsparse.tasks import TASKS
 
 WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "dynsparse.json"
 REQUIRED = (WEIGHTS, CONFIG, META)

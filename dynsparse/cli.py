@@ -113,14 +113,15 @@ def _evaluate(args: argparse.Namespace) -> None:
     """One checkpoint: its level table in --output_dir. Several (e.g. one per importance algorithm, or
     once-for-all against one-shot): each table in a subfolder, and their metric curves on one plot."""
     from dynsparse.evaluate import write_comparison
+    from dynsparse.level_table import evaluate_checkpoint
 
     if len(args.checkpoint) == 1:
-        _evaluate_one(args.checkpoint[0], args, Path(args.output_dir))
+        evaluate_checkpoint(args.checkpoint[0], args, Path(args.output_dir))
         return
     names = _unique_names(args.checkpoint)
     curves, metric = {}, None
     for path, name in zip(args.checkpoint, names, strict=True):
-        rows, metric, label = _evaluate_one(path, args, Path(args.output_dir) / name)
+        rows, metric, label = evaluate_checkpoint(path, args, Path(args.output_dir) / name)
         curves[f"{name} ({label})"] = rows
     write_comparison(curves, metric, Path(args.output_dir))
 
@@ -130,68 +131,15 @@ def _unique_names(paths: list[str]) -> list[str]:
     return names if len(set(names)) == len(names) else [f"{i}-{n}" for i, n in enumerate(names)]
 
 
-def _evaluate_one(path: str, args: argparse.Namespace, out: Path) -> tuple[list[dict[str, Any]], str, str]:
-    """Evaluate every level of one checkpoint into `out`; returns the rows, the main metric and how the
-    checkpoint's ordering was made (estimator and mode)."""
-    import torch
-
-    from dynsparse.config import DataArguments
-    from dynsparse.data import load_splits
-    from dynsparse.evaluate import default_levels, depth_grid, evaluate_levels, write_levels
-    from dynsparse.metadata import Columns
-    from dynsparse.recipe import level_info
-    from dynsparse.tasks import make_task
-    from dynsparse.twin import add_agreement, twin_texts
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, dtype = _load_in_dtype(path, device, args.dtype)
-    raw = load_splits(args.validation_file, "validation data")
-    if args.max_eval_samples:
-        raw = raw.select(range(min(args.max_eval_samples, len(raw))))
-    cols_meta = model.meta.columns or Columns()
-    dargs = DataArguments(
-        text_column=args.text_column or cols_meta.text,
-        label_column=args.label_column or cols_meta.label,
-        text_pair_column=args.text_pair_column or cols_meta.pair,
-    )
-    task = make_task(model.task, list(model.meta.labels or ()))
-    max_len = min(args.max_seq_length, model.shape.max_positions - 2)
-    texts, labelled = twin_texts(raw, task, dargs)  # a file without labels: agreement with dense only
-    ds = task.encode(raw, model.tokenizer, task.columns(raw, dargs), max_len, "data", train=False) if labelled else None
-    lo, hi = model.meta.sparsity_range
-    levels = args.levels or [x for x in default_levels(hi) if x >= lo] or [lo]
-    depths = args.depths or depth_grid(model)
-    for d in depths:
-        model.check_depth(d)  # a bad depth fails before any work
-    rows = evaluate_levels(
-        model,
-        task,
-        ds,
-        levels,
-        args.latency_batch,
-        args.latency_seq_len,
-        batch_size=args.batch_size,
-        depths=depths,
-        per_language=args.ordering == "auto",
-    )
-    if args.agreement or not labelled:
-        add_agreement(rows, model, texts, args.batch_size, max_len)
-    metric = task.main_metric if labelled else "agreement"
-    info = level_info(model, model.meta.base_model or path, device, args.latency_batch, args.latency_seq_len)
-    info = {**info, "dtype": str(dtype).removeprefix("torch."), "checkpoint": path, "data": args.validation_file}
-    write_levels(rows, out, metric, info)
-    label = f"{model.meta.ordering.estimator}, {model.meta.ordering.mode}"
-    return rows, metric, label
-
-
 def _profile(args: argparse.Namespace) -> None:
     import torch
 
-    from dynsparse.evaluate import default_levels
+    from dynsparse.level_table import load_in_dtype
+    from dynsparse.levels import default_levels
     from dynsparse.profile import profile_levels
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, dtype = _load_in_dtype(args.checkpoint, device, args.dtype)
+    model, dtype = load_in_dtype(args.checkpoint, device, args.dtype)
     levels = args.levels or default_levels(model.meta.sparsity_range[1])
     rows = profile_levels(model, levels, args.batch_sizes, args.seq_lens)
     print(f"{'sparsity':>9} {'batch':>6} {'seq_len':>8} {'latency_ms':>11}")
@@ -201,22 +149,6 @@ def _profile(args: argparse.Namespace) -> None:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         doc = {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "rows": rows}
         Path(args.output).write_text(json.dumps(doc, indent=2))
-
-
-def _load_in_dtype(path: str, device: str, dtype_name: str) -> tuple[Any, Any]:
-    """The checkpoint on `device`, cast once to `dtype_name` (see `dynsparse.precision`); and the dtype."""
-    import torch
-
-    import dynsparse
-    from dynsparse.precision import cast_model, pick_dtype
-
-    try:
-        dtype = pick_dtype(dtype_name, torch.device(device))
-    except RuntimeError as e:  # an unparsable device name
-        raise InputError(f"device {device!r}: {e}") from None
-    model = dynsparse.load(path, device=device)
-    log.debug("running in %s on %s", str(dtype).removeprefix("torch."), device)
-    return cast_model(model, dtype), dtype
 
 
 def _sparsity(text: str) -> float:

@@ -12,7 +12,6 @@ Allocation = Literal["uniform", "global"]
 ImportanceMethod = Literal["taylor", "learned", "magnitude", "natural"]
 Mode = Literal["once-for-all", "one-shot", "fine-tune"]
 LayerOrder = Literal["every-other", "top", "taylor"]
-TASKS = ("text-classification", "token-classification", "question-answering", "feature-extraction")
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,10 @@ class ModelArguments:
 class DataArguments:
     train_file: str | None = field(default=None, metadata={"help": "csv/json/jsonl (or a datasets hub name)"})
     validation_file: str | None = field(default=None, metadata={"help": "csv/json/jsonl (or a datasets hub name)"})
-    task: str = field(default="text-classification", metadata={"help": f"one of {TASKS} (pipeline names)"})
+    task: str = field(
+        default="text-classification",
+        metadata={"help": "a transformers pipeline task name (dynsparse.tasks.TASKS)"},
+    )
     text_column: str | None = field(
         default=None, metadata={"help": "default: text/sentence/sentence1; tokens; question; sentence1 (by task)"}
     )
@@ -44,6 +46,8 @@ class DataArguments:
     max_eval_samples: int | None = None
 
     def __post_init__(self) -> None:
+        from dynsparse.tasks import TASKS  # the registry imports torch: only when arguments are checked
+
         if self.task not in TASKS:
             raise ValueError(f"--task must be one of {TASKS}, got {self.task!r}")
         if self.max_seq_length < 8:

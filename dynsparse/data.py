@@ -3,12 +3,13 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from datasets import ClassLabel, Dataset
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dynsparse.config import DataArguments
 from dynsparse.errors import InputError
+
+if TYPE_CHECKING:  # datasets is imported when data is loaded: the service imports this module, never datasets
+    from datasets import Dataset
 
 T = TypeVar("T")
 
@@ -35,7 +36,7 @@ class Columns:
     label: str | None  # labels, tags or answers; None for embeddings
 
 
-def load_split(source: str, what: str = "data") -> Dataset:
+def load_split(source: str, what: str = "data") -> "Dataset":
     """One split from a local file (compressed too: `.csv.bz2`) or a datasets hub name (`name` or `name:split`)."""
     from datasets import load_dataset
     from datasets.utils.logging import disable_progress_bar
@@ -73,7 +74,7 @@ def language_of(source: str) -> str:
     return parts[-1] if parts else Path(source).name
 
 
-def load_splits(sources: list[str], what: str = "data") -> Dataset:
+def load_splits(sources: list[str], what: str = "data") -> "Dataset":
     """One split from one source, or from one file per language: each file's rows get the language its name
     gives (`de.jsonl`, `valid.de.jsonl` -> `de`) as their `language` column, unless they carry one already."""
     from datasets import concatenate_datasets
@@ -92,7 +93,7 @@ def load_splits(sources: list[str], what: str = "data") -> Dataset:
         raise InputError(f"{what}: the files' columns differ ({str(e).splitlines()[0][:200]})") from None
 
 
-def detect_columns(ds: Dataset, args: DataArguments) -> Columns:
+def detect_columns(ds: "Dataset", args: DataArguments) -> Columns:
     """The text (and pair) column: explicit flags first, else the usual names of GLUE-style data."""
     names = ds.column_names
     label = args.label_column or "label"
@@ -108,9 +109,11 @@ def detect_columns(ds: Dataset, args: DataArguments) -> Columns:
     return Columns(text=text, pair=pair, label=label)
 
 
-def label_names(ds: Dataset, column: str) -> list[str]:
+def label_names(ds: "Dataset", column: str) -> list[str]:
     """Label names in id order: a ClassLabel's names, else the sorted distinct values."""
     feature = ds.features[column]
+    from datasets import ClassLabel
+
     if isinstance(feature, ClassLabel):
         return list(feature.names)
     values = [v for v in ds.unique(column) if v is not None]
@@ -121,7 +124,7 @@ def label_names(ds: Dataset, column: str) -> list[str]:
     return [str(v) for v in sorted(values)]
 
 
-def encode(ds: Dataset, tokenizer: Any, cols: Columns, labels: list[str], max_len: int, what: str) -> Dataset:
+def encode(ds: "Dataset", tokenizer: Any, cols: Columns, labels: list[str], max_len: int, what: str) -> "Dataset":
     """Tokenise (no padding: batches pad to their longest) and map labels to ids; unknown labels are an error."""
     index = {name: i for i, name in enumerate(labels)}
 

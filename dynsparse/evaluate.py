@@ -21,13 +21,6 @@ log = logging.getLogger(__name__)
 LATENCY_BATCH, LATENCY_SEQ_LEN = 8, 128  # the level table's latency column: batch 8 x 128 tokens
 
 
-def default_levels(max_sparsity: float, step: float = 0.1) -> list[float]:
-    """0.0, 0.1, ... up to the trained maximum (inclusive)."""
-    n = int(max_sparsity / step + 1e-6)
-    levels = [round(i * step, 4) for i in range(n + 1)]
-    return levels if abs(levels[-1] - max_sparsity) < 1e-6 else [*levels, round(max_sparsity, 4)]
-
-
 def depth_grid(model: ElasticModel) -> list[int]:
     """All layers; for a checkpoint trained with elastic depth, depths from all layers down to its minimum."""
     layers, least = model.shape.layers, model.meta.depth.min_layers if model.meta.depth else None

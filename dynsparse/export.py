@@ -46,7 +46,7 @@ from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_spars
 ExportFormat = Literal["onnx", "torch", "transformers"]
 FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch", "transformers")
 FILES: dict[ExportFormat, str] = {"onnx": "model.onnx", "torch": "model.pt", "transformers": "model.safetensors"}
-META = "dynsparse_export.json"
+EXPORT_META = "dynsparse_export.json"
 OPSET = 18
 EXTRA = "pip install 'dynsparse[export]'"
 
@@ -352,7 +352,7 @@ def _save_sidecar(
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(out)
         _portable_tokenizer_config(out / "tokenizer_config.json", fixed.input_names)
-    (out / META).write_text(json.dumps(meta, indent=2))
+    (out / EXPORT_META).write_text(json.dumps(meta, indent=2))
 
 
 def _portable_tokenizer_config(path: Path, inputs: list[str]) -> None:
@@ -374,14 +374,14 @@ def _staging(path: str | os.PathLike[str]) -> Iterator[Path]:
     `dynsparse_export.json` last: a failed export never leaves a sidecar describing other weights."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file; an export is a directory (model file, tokenizer, {META})")
+        raise InputError(f"{out} is a file; an export is a directory (model file, tokenizer, {EXPORT_META})")
     tmp = out / f".tmp-export-{os.getpid()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         yield tmp
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == EXPORT_META):
             if f.is_dir() and (out / f.name).is_dir():  # a folder (sentence-transformers' 1_Pooling) replaces one
                 shutil.rmtree(out / f.name)
             os.replace(f, out / f.name)

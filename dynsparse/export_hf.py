@@ -26,11 +26,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from dynsparse.export import FixedSizeModel
-from dynsparse.heads import AUTO_CLASS
 from dynsparse.hf_config import remote_config, write_remote
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticModel
 from dynsparse.pretrained import name_pairs
+from dynsparse.tasks import task_spec
 
 WEIGHTS = "model.safetensors"
 
@@ -52,7 +52,7 @@ def stock_config(model: ElasticModel, layers: int, width: int) -> Any:
     labels = list(model.meta.labels or ())
     if model.task in ("text-classification", "token-classification") and labels:
         config.id2label, config.label2id = dict(enumerate(labels)), {name: i for i, name in enumerate(labels)}
-    auto = getattr(transformers, AUTO_CLASS[model.task])
+    auto = getattr(transformers, task_spec(model.task).auto_class)
     config.architectures = [auto._model_mapping[type(config)].__name__]
     return config
 

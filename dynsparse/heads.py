@@ -4,23 +4,11 @@ The heads are never pruned: every size shares them. Each is built from transform
 task (`AutoModelFor<Task>`), so a fine-tuned transformers checkpoint keeps its head.
 """
 
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor, nn
 from transformers.activations import ACT2FN
 
-from dynsparse.config import TASKS
-from dynsparse.errors import InputError
-from dynsparse.family import EncoderShape, Family
-
-# transformers' auto class per task (attribute of `transformers`)
-AUTO_CLASS = {
-    "text-classification": "AutoModelForSequenceClassification",
-    "token-classification": "AutoModelForTokenClassification",
-    "question-answering": "AutoModelForQuestionAnswering",
-    "feature-extraction": "AutoModel",
-}
+from dynsparse.family import EncoderShape
 
 
 class ClassifierHead(nn.Module):
@@ -84,38 +72,6 @@ class MeanPoolHead(nn.Module):
 
 
 Head = ClassifierHead | TokenHead | SpanHead | MeanPoolHead
-
-
-def check_task(task: str) -> str:
-    if task not in TASKS:
-        raise InputError(f"unsupported task {task!r}; dynsparse supports {', '.join(TASKS)}")
-    return task
-
-
-def make_head(task: str, shape: EncoderShape, family: Family, dropout: float) -> Head:
-    check_task(task)
-    if task == "token-classification":
-        return TokenHead(shape, dropout)
-    if task == "question-answering":
-        return SpanHead(shape)
-    if task == "feature-extraction":
-        return MeanPoolHead()
-    return ClassifierHead(shape, family.pool_act, dropout)
-
-
-def head_names(task: str, family: Family) -> Iterator[tuple[str, str]]:
-    """(our name, transformers name) of the head's weights in the task's transformers model."""
-    if task == "text-classification":
-        modules = [("head.pool", family.pool), ("head.classifier", family.classifier)]
-    elif task == "token-classification":
-        modules = [("head.classifier", "classifier")]
-    elif task == "question-answering":
-        modules = [("head.qa_outputs", "qa_outputs")]
-    else:
-        modules = []
-    for ours, theirs in modules:
-        for p in ("weight", "bias"):
-            yield f"{ours}.{p}", f"{theirs}.{p}"
 
 
 def head_params(head: nn.Module) -> int:

@@ -19,10 +19,11 @@ from dynsparse.config import Allocation
 from dynsparse.cost import head_cost, level_costs, neuron_cost
 from dynsparse.errors import InputError
 from dynsparse.family import EncoderShape, Family
-from dynsparse.heads import check_task, head_params, make_head
+from dynsparse.heads import head_params
 from dynsparse.masks import GlobalRanking, Structure, global_structure, rank_globally, uniform_structure
 from dynsparse.metadata import CheckpointMeta
 from dynsparse.packing import Packing
+from dynsparse.tasks import task_spec
 
 
 @dataclass
@@ -176,7 +177,8 @@ class ElasticModel(nn.Module):
         self.shape, self.family, self.hf_config, self.tokenizer = shape, family, hf_config, tokenizer
         self.allocation: Allocation = allocation
         meta = meta or CheckpointMeta()
-        self.task = check_task(task or meta.task)
+        spec = task_spec(task or meta.task)
+        self.task = spec.name
         labels = meta.labels if meta.labels is not None else tuple(str(i) for i in range(shape.num_labels))
         self.meta = replace(meta, task=self.task, labels=labels, family=family.name, allocation=allocation)
         self.meta = replace(self.meta, model_type=getattr(hf_config, "model_type", None))
@@ -185,7 +187,7 @@ class ElasticModel(nn.Module):
         kept = self.meta.vocabulary.kept if self.meta.vocabulary else None
         self.embeddings = Embeddings(shape, family.padded_positions, hidden_dropout, kept)
         self.layers = nn.ModuleList(ElasticLayer(shape, hidden_dropout, attn_dropout) for _ in range(shape.layers))
-        self.head = make_head(self.task, shape, family, hidden_dropout)
+        self.head = spec.head(shape, family, hidden_dropout)
         # Importance scores, sorted descending per layer (units are stored in this order). The natural order
         # (a descending ramp) until training or `rewire` sets real scores.
         self.register_buffer("head_scores", torch.linspace(1, 0, shape.heads).repeat(shape.layers, 1))  # (L, H)

@@ -16,8 +16,8 @@ from torch import Tensor
 from dynsparse.config import Allocation
 from dynsparse.errors import InputError
 from dynsparse.family import Family, family_for, shape_from_config
-from dynsparse.heads import AUTO_CLASS, check_task, head_names
 from dynsparse.modeling import ElasticModel
+from dynsparse.tasks import task_spec
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,9 @@ def name_pairs(
         for ours, field_and_param, transposed in _LAYER_PARAMS:
             field, param = field_and_param.split(".")
             yield f"layers.{i}.{ours}", f"{prefix}{getattr(family.layers, field)}.{param}", transposed
-    for ours, theirs in head_names(task, family):
-        yield ours, theirs, False
+    for ours, theirs in task_spec(task).head_weights(family):
+        for p in ("weight", "bias"):
+            yield f"{ours}.{p}", f"{theirs}.{p}", False
 
 
 def import_weights(model: ElasticModel, hf_state: dict[str, Tensor]) -> None:
@@ -118,7 +119,7 @@ def from_pretrained(
     import transformers
     from transformers.utils import logging as hf_logging
 
-    check_task(task)
+    spec = task_spec(task)
 
     overrides: dict[str, Any] = {}
     if task == "question-answering":  # start and end logits
@@ -134,7 +135,7 @@ def from_pretrained(
     hf_logging.set_verbosity_error()  # transformers' load report and bar would drown our one-line log
     hf_logging.disable_progress_bar()
     try:
-        auto = getattr(transformers, AUTO_CLASS[task])
+        auto = getattr(transformers, spec.auto_class)
         hf = auto.from_pretrained(name_or_path, config=config, ignore_mismatched_sizes=labels is not None)
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError(f"cannot load weights from {name_or_path!r}: {_first_line(e)}") from None

@@ -9,7 +9,6 @@ Under torchrun every process runs this recipe: each trains on its shard of every
 
 import logging
 import os
-import platform
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -23,14 +22,9 @@ from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, T
 from dynsparse.data import Columns, load_split
 from dynsparse.distributed import World, main_first, process_group, resolve_device
 from dynsparse.errors import InputError
-from dynsparse.evaluate import (
-    LATENCY_BATCH,
-    LATENCY_SEQ_LEN,
-    default_levels,
-    depth_grid,
-    evaluate_levels,
-    write_levels,
-)
+from dynsparse.evaluate import LATENCY_BATCH, LATENCY_SEQ_LEN, depth_grid, evaluate_levels, write_levels
+from dynsparse.level_table import level_info
+from dynsparse.levels import trained_levels
 from dynsparse.modeling import ElasticModel
 from dynsparse.pretrained import from_pretrained, load_hf_config
 from dynsparse.tasks import Task, task_class
@@ -160,9 +154,7 @@ def _run_training(
     if not world.is_main:
         return out
     model = trainer.model
-    levels = default_levels(sp.max_sparsity)
-    if sp.min_sparsity > 0:
-        levels = [x for x in levels if x >= sp.min_sparsity] or [sp.min_sparsity]
+    levels = trained_levels(sp.min_sparsity, sp.max_sparsity, t.eval_levels)
     rows = evaluate_levels(
         model,
         s.task,
@@ -186,21 +178,3 @@ def _run_training(
     write_levels(rows, out, s.task.main_metric if s.eval_ds is not None else None, info)
     log.info("checkpoint written to %s", out)
     return out
-
-
-def level_info(model: ElasticModel, name: str, device: torch.device | str, batch: int, seq_len: int) -> dict[str, Any]:
-    """What the level table was measured on (stored beside it)."""
-    dev = str(device)
-    if dev.startswith("cuda") and torch.cuda.is_available():
-        dev = torch.cuda.get_device_name(torch.device(dev))
-    else:
-        dev = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    path = Path(name)
-    shown = path.parent.name if path.name in ("model", "") else path.name  # pip assets keep weights in .../model
-    return {
-        "model": shown or name,
-        "device": dev,
-        "latency_batch": batch,
-        "latency_seq_len": seq_len,
-        "allocation": model.allocation,
-    }

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
-from service.codec import Item, Task
+from service.codec import Endpoint, Item
 from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
 from service.lane import IdleLane
 from service.metrics import Metrics, size_label
@@ -35,11 +35,11 @@ class Runner(Protocol):
     """What the batcher needs of an engine (tests pass a fake)."""
 
     def run(
-        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
+        self, task: Endpoint, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
     ) -> list[list[Any] | InputError]: ...
 
 
-JobKey = tuple[Task, Structure, str | None]  # (task, structure, language): what jobs must share to share a batch
+JobKey = tuple[Endpoint, Structure, str | None]  # (task, structure, language): what jobs must share to share a batch
 
 
 def _new_future() -> "asyncio.Future[list[Any]]":
@@ -50,7 +50,7 @@ def _new_future() -> "asyncio.Future[list[Any]]":
 class Job:
     """One request's work: its inputs at one size and ordering, with its deadline and its predicted cost."""
 
-    task: Task
+    task: Endpoint
     items: Sequence[Item]
     sparsity: float
     structure: Structure  # the grouping key: equal structures run as one slice (layers of depth 0 skipped)
@@ -128,7 +128,7 @@ class Batcher:
 
     # -- admission ---------------------------------------------------------------------------------
     @property
-    def depth(self) -> int:
+    def queue_length(self) -> int:
         """Requests waiting (not yet in a running batch)."""
         return len(self._queue)
 
@@ -140,7 +140,7 @@ class Batcher:
     @property
     def degrading(self) -> bool:
         """True when the queue is filling: size-flexible requests should get the smallest size."""
-        return self.degrade_at is not None and self.depth >= self.degrade_at * self.queue_limit
+        return self.degrade_at is not None and self.queue_length >= self.degrade_at * self.queue_limit
 
     def wait_estimate_ms(self) -> float:
         """Predicted wait of a request queued now: rest of the running batch + backlog + batching wait, the
@@ -153,11 +153,11 @@ class Batcher:
         """Queue `job`; a full queue raises `Overloaded` (429), a closing server `NotReady` (503)."""
         if self._closing:
             raise NotReady("the server is shutting down")
-        if self.depth >= self.queue_limit:
+        if self.queue_length >= self.queue_limit:
             retry = math.ceil(self.wait_estimate_ms() / 1000)
             raise Overloaded(f"the queue is full ({self.queue_limit} requests waiting); retry later", retry)
         self._queue.append(job)
-        self.metrics.queue_depth.set(self.depth)
+        self.metrics.queue_depth.set(self.queue_length)
         self._wake.set()
 
     def submit_idle(self, job: Job) -> bool:
@@ -245,7 +245,7 @@ class Batcher:
             return
         gone = set(map(id, jobs))
         self._queue = deque(j for j in self._queue if id(j) not in gone)
-        self.metrics.queue_depth.set(self.depth)
+        self.metrics.queue_depth.set(self.queue_length)
 
     async def _run(self, batch: list[Job]) -> None:
         """Run one batch on the worker; settle every job (a failure fails this batch, never the server)."""

@@ -16,17 +16,17 @@ splits them and tagged by their first sub-word; contexts in overlapping windows 
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast, get_args
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from dynsparse.errors import InputError
-from dynsparse.tasks import predict_proba
+from dynsparse.tasks import SPECS, predict_proba, task_spec
 from dynsparse.tasks.qa import best_span, encode_windows, span_probability, window_stride
 from dynsparse.tasks.tokens import first_subwords, group_entities, is_bio
 
-Task = Literal["classify", "embed", "tokens", "answer"]
+Endpoint = Literal["classify", "embed", "tokens", "answer"]
 Item = str | tuple[str, ...]  # a text; a text pair (classify, embed); words (tokens); (question, context) (answer)
 
 
@@ -43,18 +43,26 @@ class LabelScore(tuple[int, float]):
         return self
 
 
-ENDPOINT: dict[str, Task] = {  # a checkpoint's task (transformers' pipeline name) -> its endpoint
-    "text-classification": "classify",
-    "token-classification": "tokens",
-    "question-answering": "answer",
-    "feature-extraction": "embed",
-}
+ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 
 
-def served_tasks(model_task: str) -> tuple[Task, ...]:
+def endpoint_of(model_task: str) -> Endpoint:
+    """The endpoint of a checkpoint's task (transformers' pipeline name), from the task's `TaskSpec`."""
+    name = task_spec(model_task).endpoint
+    if name not in ENDPOINTS:  # a task registered in the core without a codec here
+        raise InputError(f"task {model_task!r} has no endpoint in this server (its spec names {name!r})")
+    return cast(Endpoint, name)
+
+
+def served_endpoints(model_task: str) -> tuple[Endpoint, ...]:
     """The endpoints a checkpoint serves: its task's, and embeddings (mean-pooled encoder states) from any."""
-    main = ENDPOINT[model_task]
+    main = endpoint_of(model_task)
     return (main,) if main == "embed" else (main, "embed")
+
+
+def warm_up_item(endpoint: Endpoint) -> Item:
+    """A small valid input of `endpoint`: the warm-up of the task that endpoint serves."""
+    return next(s.warm_up for s in SPECS.values() if s.endpoint == endpoint)
 
 
 @dataclass(frozen=True)
@@ -107,10 +115,10 @@ class Codec(Protocol):
 
 
 def make_codecs(
-    tasks: Sequence[Task], tokenizer: Any, max_tokens: int, labels: list[str], window: int
-) -> dict[Task, Codec]:
+    tasks: Sequence[Endpoint], tokenizer: Any, max_tokens: int, labels: list[str], window: int
+) -> dict[Endpoint, Codec]:
     """The codecs of `tasks`; texts are tokenised up to one token past `max_tokens` (enough to reject them)."""
-    codecs: dict[Task, Codec] = {}
+    codecs: dict[Endpoint, Codec] = {}
     for t in tasks:
         if t == "tokens":
             codecs[t] = TokensCodec(tokenizer, max_tokens, labels)

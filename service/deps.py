@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.codec import Task
+from service.codec import Endpoint
 from service.errors import Loading, NotReady, StartupFailed, Unauthorized, WrongTask
 from service.runtime import Runtime
 from service.settings import Settings
@@ -53,12 +53,12 @@ def require_api_key(
         raise Unauthorized("wrong API key")
 
 
-def serving(task: Task) -> Callable[[Runtime], None]:
+def serving(task: Endpoint) -> Callable[[Runtime], None]:
     """A dependency that lets a request through only if the checkpoint serves `task` (else 404, naming the
     endpoint that it serves). It runs before the body is validated: the endpoint does not exist here."""
 
     def check(rt: RuntimeDep) -> None:
-        if task not in rt.engine.tasks:
+        if task not in rt.engine.endpoints:
             raise WrongTask(f"this checkpoint is a {rt.engine.task} model: use /v1/{rt.engine.endpoint}")
 
     return check

@@ -16,7 +16,7 @@ from fastapi import Request
 from dynsparse.errors import InputError
 from dynsparse.masks import layers_kept
 from service.batcher import Job, JobKey
-from service.codec import Item, Task
+from service.codec import Endpoint, Item
 from service.errors import BadInput, ClientGone, DeadlineExceeded
 from service.metrics import size_label
 from service.runtime import Runtime
@@ -35,7 +35,7 @@ class Outcome:
     tokenize_ms: float = 0.0  # its batch's tokenizer time (shared with the batch's other requests)
 
 
-async def dispatch(rt: Runtime, request: Request, task: Task, body: SizedRequest[Any]) -> Outcome:
+async def dispatch(rt: Runtime, request: Request, task: Endpoint, body: SizedRequest[Any]) -> Outcome:
     """Serve `body` on `task`; raises a `ServiceError` (422/429/503/504) or `ClientGone`."""
     arrived = getattr(request.state, "arrived", time.monotonic())  # stamped by the middleware, before the body
     _check_limits(rt, body.inputs)
@@ -111,7 +111,7 @@ def _chars(item: Item) -> int:
     return len(item) if isinstance(item, str) else sum(len(x) for x in item)
 
 
-def _workload(rt: Runtime, task: Task, inputs: Sequence[Item]) -> tuple[int, int]:
+def _workload(rt: Runtime, task: Endpoint, inputs: Sequence[Item]) -> tuple[int, int]:
     """(model rows, tokens per row) predicted for a request, guessed from its characters (the planner's input)."""
     if task != "answer":
         return len(inputs), rt.planner.estimate_tokens(max(_chars(x) for x in inputs))
@@ -136,7 +136,7 @@ def _check_limits(rt: Runtime, inputs: Sequence[Item]) -> None:
 
 
 def _joinable(
-    rt: Runtime, queued: set[JobKey], task: Task, depth: int | None, language: str | None
+    rt: Runtime, queued: set[JobKey], task: Endpoint, depth: int | None, language: str | None
 ) -> frozenset[float]:
     """Candidate sizes with a batch queued for this task, depth and ordering: the request would join it."""
     cands = rt.policy.candidates()

@@ -23,21 +23,26 @@ from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticModel
 from dynsparse.precision import cast_model, pick_dtype
 from dynsparse.profile import measure_latency
-from service.codec import ENDPOINT, Codec, Encoded, Item, LabelScore, Row, Task, make_codecs, served_tasks
+from service.codec import (
+    Codec,
+    Encoded,
+    Endpoint,
+    Item,
+    LabelScore,
+    Row,
+    endpoint_of,
+    make_codecs,
+    served_endpoints,
+    warm_up_item,
+)
 from service.planner import LatencyProfile, ProfilePoint
 from service.settings import Settings
 
-__all__ = ["Engine", "Item", "LabelScore", "Task", "default_batch_wait_ms", "pick_device", "pick_dtype"]
+__all__ = ["Engine", "Item", "LabelScore", "Endpoint", "default_batch_wait_ms", "pick_device", "pick_dtype"]
 
 log = logging.getLogger(__name__)
 
 _MAX_STRUCTURES = 4096  # distinct (sparsity, depth, language) remembered; clients may send any float
-_WARM_UP: dict[Task, Item] = {
-    "classify": ("warm", "up"),
-    "embed": "warm up",
-    "tokens": "warm up",
-    "answer": ("warm?", "warm up"),
-}
 
 
 def _default_threads() -> int:
@@ -104,18 +109,18 @@ class Engine:
         lo, hi = model.meta.sparsity_range
         self.trained_range = (float(lo), float(hi))
         self.task: str = model.task  # what the checkpoint was trained for (a transformers pipeline name)
-        self.tasks = served_tasks(model.task)  # the endpoints it serves, its own first
+        self.endpoints = served_endpoints(model.task)  # the endpoints it serves, its own first
         trained_len = model.meta.max_seq_length
         # QA windows as long as in training (positions past it were never trained), at most the token limit
         self.window = min(self.max_tokens, trained_len) if trained_len is not None else self.max_tokens
-        self._codecs = make_codecs(self.tasks, self.tokenizer, self.max_tokens, self.labels, self.window)
+        self._codecs = make_codecs(self.endpoints, self.tokenizer, self.max_tokens, self.labels, self.window)
         self._structures: dict[tuple[float, int | None, str | None], Structure] = {}
         self.last_run = RunStats()  # read by the batcher after each run, on the loop (the worker is idle then)
 
     @property
-    def endpoint(self) -> Task:
+    def endpoint(self) -> Endpoint:
         """The endpoint of the checkpoint's own task."""
-        return ENDPOINT[self.task]
+        return endpoint_of(self.task)
 
     @classmethod
     def load(cls, settings: Settings) -> "Engine":
@@ -169,7 +174,7 @@ class Engine:
 
     @torch.inference_mode()
     def run(
-        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None = None
+        self, task: Endpoint, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None = None
     ) -> list[list[Any] | InputError]:
         """Run every request in `groups` at one size (`structure`, from `self.structure`) and with `language`'s
         ordering (None: the shared one): one tokenizer call, padded chunks of the max batch.
@@ -182,7 +187,7 @@ class Engine:
 
     @torch.inference_mode()
     def run_rows(
-        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None = None
+        self, task: Endpoint, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None = None
     ) -> tuple[list[list[Any] | InputError], list[list[Any] | None]]:
         """`run`, and per group each item's row outputs before decoding (the codec's `reduce`; None for a rejected
         group): what shadow agreement compares with the dense size's (token tags need their distributions)."""
@@ -278,8 +283,8 @@ class Engine:
     def warmup(self, sparsities: Sequence[float]) -> None:
         """One small batch per size and task, so first requests pay no lazy initialisation."""
         for s in sparsities:
-            for task in self.tasks:
-                self.run(task, self.structure(s), [[_WARM_UP[task]]])
+            for endpoint in self.endpoints:
+                self.run(endpoint, self.structure(s), [[warm_up_item(endpoint)]])
 
     def profile(self, levels: Sequence[float], batches: Sequence[int], seq_lens: Sequence[int]) -> LatencyProfile:
         """Measure median forward latency on this device over the grid (kept short: a startup cost)."""

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dynsparse.errors import InputError
-from service.codec import Task
+from service.codec import Endpoint
 from service.shadow import DENSE, AgreementBook
 from service.sizes import SizePolicy
 
@@ -26,7 +26,7 @@ _EPS = 1e-9
 class Floor:
     """Which sizes meet the operator's agreement floors (for the checkpoint's own task)."""
 
-    task: Task
+    task: Endpoint
     book: AgreementBook
     min_agreement: float | None = None
     by_name: Mapping[str, float] = field(default_factory=dict)  # named size -> its own floor
@@ -36,7 +36,7 @@ class Floor:
     @classmethod
     def build(
         cls,
-        task: Task,
+        task: Endpoint,
         book: AgreementBook,
         policy: SizePolicy,
         levels: Sequence[dict[str, Any]],

@@ -27,7 +27,7 @@ async def readyz(rt: RuntimeDep) -> Ready:
     """200 once the model is loaded, profiled and warm; 503 while loading or draining (route no traffic)."""
     if not rt.batcher.accepting:
         raise NotReady("the server is shutting down")
-    return Ready(status="ready", device=rt.engine.device_name, queue_depth=rt.batcher.depth)
+    return Ready(status="ready", device=rt.engine.device_name, queue_depth=rt.batcher.queue_length)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -209,7 +209,7 @@ def size_table(engine: Engine, policy: SizePolicy, profile: LatencyProfile, raw:
     return SizesResponse(
         task=engine.task,
         endpoint=f"/v1/{engine.endpoint}",
-        endpoints=[f"/v1/{t}" for t in engine.tasks],
+        endpoints=[f"/v1/{t}" for t in engine.endpoints],
         levels=levels,
         sizes=dict(policy.named),
         default=default,

@@ -28,12 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from dynsparse.agreement import cosine_to_dense, label_agreement, span_agreement, token_agreement
 from service.batcher import Batcher, Job
-from service.codec import Task
+from service.codec import Endpoint
 from service.metrics import size_label
 
 log = logging.getLogger(__name__)
 DENSE = 0.0
-MEASURE: dict[Task, str] = {"classify": "label", "tokens": "top1", "answer": "span", "embed": "cosine"}
+MEASURE: dict[Endpoint, str] = {"classify": "label", "tokens": "top1", "answer": "span", "embed": "cosine"}
 
 
 @dataclass
@@ -51,7 +51,7 @@ class AgreementBook:
     """Per task and served size, the shadow comparisons so far; also as Prometheus metrics in `registry`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self._tallies: dict[tuple[Task, str], Tally] = {}
+        self._tallies: dict[tuple[Endpoint, str], Tally] = {}
         r = registry or CollectorRegistry()
         self.samples = Counter(
             "dynsparse_shadow_samples",
@@ -67,7 +67,7 @@ class AgreementBook:
         )
         self.jobs = Counter("dynsparse_shadow_jobs", "Shadow re-runs by outcome", ["outcome"], registry=r)
 
-    def record(self, task: Task, sparsity: float, values: dict[str, list[float]]) -> None:
+    def record(self, task: Endpoint, sparsity: float, values: dict[str, list[float]]) -> None:
         """Add one comparison's per-input values (every measure has one value per input)."""
         size = size_label(sparsity)
         tally = self._tallies.setdefault((task, size), Tally())
@@ -78,14 +78,14 @@ class AgreementBook:
             self.agreement.labels(task, size, measure).set(tally.sums[measure] / tally.samples)
         self.samples.labels(task, size).inc(n)
 
-    def measured(self, task: Task, sparsity: float) -> tuple[float | None, int]:
+    def measured(self, task: Endpoint, sparsity: float) -> tuple[float | None, int]:
         """(mean of the task's main measure or None, samples) at the served size of `sparsity`."""
         tally = self._tallies.get((task, size_label(sparsity)))
         if tally is None:
             return (1.0, 0) if sparsity <= DENSE else (None, 0)
         return tally.mean(MEASURE[task]), tally.samples
 
-    def columns(self, task: Task, sparsity: float) -> dict[str, Any]:
+    def columns(self, task: Endpoint, sparsity: float) -> dict[str, Any]:
         """The size table's live columns: every measure's mean and the samples behind them."""
         tally = self._tallies.get((task, size_label(sparsity)), Tally())
         out: dict[str, Any] = {f"shadow_{m}": round(tally.sums[m] / tally.samples, 4) for m in tally.sums}
@@ -93,7 +93,7 @@ class AgreementBook:
 
 
 def compare(
-    task: Task,
+    task: Endpoint,
     served: Sequence[Any],
     served_rows: Sequence[Any] | None,
     dense: Sequence[Any],
@@ -158,7 +158,7 @@ class Shadow:
             and (self._rng.random() < self.fraction)
         )
 
-    def follow(self, task: Task, job: Job, outputs: Sequence[Any], seq_len: int) -> None:
+    def follow(self, task: Endpoint, job: Job, outputs: Sequence[Any], seq_len: int) -> None:
         """Queue the dense re-run of `job`'s first inputs (answered with `outputs`); compare when it is done."""
         k = min(len(job.items), self.inputs)
         dense = Job(
@@ -178,7 +178,7 @@ class Shadow:
         self._pending.add(pending)
         pending.add_done_callback(self._pending.discard)
 
-    async def _compare(self, task: Task, sparsity: float, served: list[Any], rows: Any, dense: Job) -> None:
+    async def _compare(self, task: Endpoint, sparsity: float, served: list[Any], rows: Any, dense: Job) -> None:
         try:
             reference = await dense.future
         except Exception:  # dropped (expired, pushed out, shutdown) or failed: nothing to compare

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from dynsparse.errors import InputError
-from dynsparse.evaluate import default_levels
+from dynsparse.levels import default_levels
 from service.errors import BadInput
 from service.settings import Settings
 

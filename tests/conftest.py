@@ -101,9 +101,9 @@ def make_tiny(
         extra = {**extra, **dict.fromkeys(names, dropout)}
     torch.manual_seed(seed)
     if task != "text-classification":
-        from dynsparse.heads import AUTO_CLASS
+        from dynsparse.tasks import task_spec
 
-        model_cls = getattr(transformers, AUTO_CLASS[task]).from_config
+        model_cls = getattr(transformers, task_spec(task).auto_class).from_config
     model_cls(cfg_cls(**common, **extra)).save_pretrained(out)
     make_tokenizer(family in ("roberta", "xlm-roberta")).save_pretrained(out)
     return out

@@ -1,7 +1,8 @@
-"""Tasks: how a task's data is encoded and batched, its loss and distillation, and its metrics.
+"""Tasks: how a task's data is encoded and batched, its loss and distillation, its metrics, and its `TaskSpec`.
 
 One module per task, each named after transformers' pipeline task:
 `text-classification`, `token-classification`, `question-answering` and `feature-extraction`.
+Adding a task is one new module (its task class and its `SPEC`) plus one line in `SPECS` below.
 
 Example:
     >>> task = make_task("token-classification", ["O", "B-PER", "I-PER"])
@@ -10,29 +11,28 @@ Example:
 """
 
 from dynsparse.errors import InputError
-from dynsparse.heads import TASKS, predict_proba
+from dynsparse.heads import predict_proba
+from dynsparse.tasks import classification, embedding, qa, tokens
 from dynsparse.tasks.base import Columns, Task, distill_loss
-from dynsparse.tasks.classification import SequenceClassification
-from dynsparse.tasks.embedding import SentenceEmbedding
-from dynsparse.tasks.qa import QuestionAnswering
-from dynsparse.tasks.tokens import TokenClassification
+from dynsparse.tasks.spec import TaskSpec
 
-_BY_NAME: dict[str, type[Task]] = {
-    "text-classification": SequenceClassification,
-    "token-classification": TokenClassification,
-    "question-answering": QuestionAnswering,
-    "feature-extraction": SentenceEmbedding,
-}
+SPECS: dict[str, TaskSpec] = {s.name: s for s in (classification.SPEC, tokens.SPEC, qa.SPEC, embedding.SPEC)}
+TASKS = tuple(SPECS)  # the task names, as transformers' pipelines and dynsparse.json spell them
 
-__all__ = ["TASKS", "Columns", "Task", "distill_loss", "make_task", "predict_proba", "task_class"]
+__all__ = ["SPECS", "TASKS", "Columns", "Task", "TaskSpec", "distill_loss", "make_task", "predict_proba", "task_spec"]
+
+
+def task_spec(name: str) -> TaskSpec:
+    """The record of task `name`; an `InputError` for a task dynsparse does not know."""
+    if name not in SPECS:
+        raise InputError(f"unsupported task {name!r:.60}; dynsparse supports {', '.join(TASKS)}")
+    return SPECS[name]
 
 
 def task_class(name: str) -> type[Task]:
-    if name not in _BY_NAME:
-        raise InputError(f"unsupported task {name!r}; dynsparse supports {', '.join(TASKS)}")
-    return _BY_NAME[name]
+    return task_spec(name).task
 
 
 def make_task(name: str, labels: list[str]) -> Task:
     """The task `name` over `labels` (label names; ignored by tasks without labels)."""
-    return task_class(name)(labels)
+    return task_spec(name).task(labels)

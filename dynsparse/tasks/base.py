@@ -1,15 +1,19 @@
 """The task interface and what every task shares: column choice, batching, distillation."""
 
+from __future__ import annotations
+
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch.nn.functional as F
-from datasets import Dataset
 from torch import Tensor
 
 from dynsparse.config import DataArguments
 from dynsparse.data import Columns
 from dynsparse.errors import InputError
+
+if TYPE_CHECKING:  # datasets is imported when data is loaded (the service imports the tasks, never datasets)
+    from datasets import Dataset
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Collator = Callable[[list[dict[str, Any]]], dict[str, Tensor]]
@@ -41,53 +45,54 @@ def pick_column(names: list[str], given: str | None, candidates: tuple[str, ...]
     return found
 
 
-class Task:
-    """A task over fixed label names. Subclasses set `name`, `main_metric` and the methods below.
+class Task(Protocol):
+    """A task over fixed label names (one class per task module, registered by its `TaskSpec`).
 
     Data flows: `columns` and `label_names` read the raw training data; `encode` tokenises (keeping what the
     metrics need beside the model inputs, e.g. a `language` column); `collator` pads a batch; the trainer
     calls `loss` and `distill` on the head's outputs; evaluation collects `gather` per row and scores
-    them with `metrics` (over any subset of rows, e.g. one language).
+    them with `metrics` (over any subset of rows, e.g. one language). The helpers below are the usual
+    implementations (`pad_collator`, `distill_loss`, `gather_rows`).
     """
 
-    name: ClassVar[str]
-    main_metric: str  # the level table's headline column (set by each task, per class or per instance)
+    name: str  # transformers' pipeline task name
+    labels: list[str]
+    main_metric: str  # the level table's headline column
 
-    def __init__(self, labels: list[str]) -> None:
-        self.labels = list(labels)
-
-    # -- data --------------------------------------------------------------------------------------
-    @classmethod
-    def columns(cls, ds: Dataset, args: DataArguments) -> Columns:
-        raise NotImplementedError
+    def __init__(self, labels: list[str]) -> None: ...
 
     @classmethod
-    def label_names(cls, ds: Dataset, cols: Columns) -> list[str]:
-        return []
+    def columns(cls, ds: Dataset, args: DataArguments) -> Columns: ...
 
-    def encode(self, ds: Dataset, tokenizer: Any, cols: Columns, max_len: int, what: str, train: bool) -> Dataset:
-        raise NotImplementedError
+    @classmethod
+    def label_names(cls, ds: Dataset, cols: Columns) -> list[str]: ...
 
-    def collator(self, tokenizer: Any) -> Collator:
-        from transformers import DataCollatorWithPadding
+    def encode(self, ds: Dataset, tokenizer: Any, cols: Columns, max_len: int, what: str, train: bool) -> Dataset: ...
 
-        pad = DataCollatorWithPadding(tokenizer)
-        return lambda rows: pad([{k: r[k] for k in (*MODEL_INPUTS, "labels") if k in r} for r in rows])
+    def collator(self, tokenizer: Any) -> Collator: ...
 
-    # -- training ----------------------------------------------------------------------------------
-    def loss(self, out: Tensor, labels: Tensor) -> Tensor:
-        raise NotImplementedError
+    def loss(self, out: Tensor, labels: Tensor) -> Tensor: ...
 
-    def distill(self, student: Tensor, teacher: Tensor, labels: Tensor, temperature: float) -> Tensor:
-        return distill_loss(student, teacher, temperature)
+    def distill(self, student: Tensor, teacher: Tensor, labels: Tensor, temperature: float) -> Tensor: ...
 
-    # -- evaluation --------------------------------------------------------------------------------
     def gather(self, out: Tensor, labels: Tensor | None) -> list[Any]:
         """Per row of the batch, what `metrics` needs (on the CPU, small)."""
-        return list(out.float().cpu())
+        ...
 
-    def metrics(self, preds: list[Any], ds: Dataset) -> dict[str, float]:
-        raise NotImplementedError
+    def metrics(self, preds: list[Any], ds: Dataset) -> dict[str, float]: ...
+
+
+def pad_collator(tokenizer: Any) -> Collator:
+    """Pad the model inputs and labels of a batch (the tokenizer's padding side and id)."""
+    from transformers import DataCollatorWithPadding
+
+    pad = DataCollatorWithPadding(tokenizer)
+    return lambda rows: pad([{k: r[k] for k in (*MODEL_INPUTS, "labels") if k in r} for r in rows])
+
+
+def gather_rows(out: Tensor) -> list[Any]:
+    """The head's output per row, on the CPU (tasks whose metrics need the whole output)."""
+    return list(out.float().cpu())
 
 
 def keep_columns(ds: Dataset, keep: tuple[str, ...]) -> list[str]:

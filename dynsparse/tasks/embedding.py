@@ -7,29 +7,39 @@ rows. The metric is BUCC/Tatoeba-style accuracy@1: for each `sentence1`, is its 
 nearest of all `sentence2`s by cosine (and the other way round; the two directions are averaged)?
 """
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
 from torch import Tensor
 
 from dynsparse.config import DataArguments
 from dynsparse.data import LANGUAGE, Columns
 from dynsparse.errors import InputError
-from dynsparse.tasks.base import Collator, Task, map_or_fail, pick_column
+from dynsparse.heads import MeanPoolHead
+from dynsparse.tasks.base import Collator, distill_loss, map_or_fail, pick_column
+from dynsparse.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 SCALE = 20.0  # inverse temperature of the cosine similarities (sentence-transformers' default)
 _FIRST = ("sentence1", "query", "anchor", "text1", "source")
 _SECOND = ("sentence2", "passage", "positive", "text2", "target")
 
 
-class SentenceEmbedding(Task):
+class SentenceEmbedding:
     name = "feature-extraction"
     main_metric = "accuracy_at_1"
 
     def __init__(self, labels: list[str] | None = None) -> None:
-        super().__init__([])
+        self.labels: list[str] = []
+
+    @classmethod
+    def label_names(cls, ds: Dataset, cols: Columns) -> list[str]:
+        return []
 
     @classmethod
     def columns(cls, ds: Dataset, args: DataArguments) -> Columns:
@@ -78,7 +88,7 @@ class SentenceEmbedding(Task):
     def distill(self, student: Tensor, teacher: Tensor, labels: Tensor, temperature: float) -> Tensor:
         """Match the dense size's in-batch similarity rows (both directions)."""
         s, t = similarities(student), similarities(teacher)
-        return (super().distill(s, t, labels, temperature) + super().distill(s.T, t.T, labels, temperature)) / 2
+        return (distill_loss(s, t, temperature) + distill_loss(s.T, t.T, temperature)) / 2
 
     def gather(self, out: Tensor, labels: Tensor | None) -> list[Any]:
         e = F.normalize(out.float(), dim=-1).cpu()
@@ -104,3 +114,14 @@ def similarities(out: Tensor) -> Tensor:
     e = F.normalize(out.float(), dim=-1)
     half = e.shape[0] // 2
     return SCALE * e[:half] @ e[half:].T
+
+
+SPEC = TaskSpec(
+    name=SentenceEmbedding.name,
+    task=SentenceEmbedding,
+    auto_class="AutoModel",
+    head=lambda shape, family, dropout: MeanPoolHead(),
+    head_weights=lambda family: [],  # mean pooling has no weights
+    endpoint="embed",
+    warm_up="warm up",
+)

@@ -3,32 +3,45 @@ prediction is the best span over an example's windows, mapped back to the contex
 the tokenizer's offsets, and scored by exact match and token F1 (the official SQuAD normalisation), as
 fractions of 1 like every metric in the level table."""
 
+from __future__ import annotations
+
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.nn.functional as F
-from datasets import Dataset
 from torch import Tensor
 
 from dynsparse.config import DataArguments
 from dynsparse.data import LANGUAGE, Columns
 from dynsparse.errors import InputError
-from dynsparse.tasks.base import Task, map_or_fail, pick_column
+from dynsparse.heads import SpanHead
+from dynsparse.tasks.base import Collator, distill_loss, map_or_fail, pad_collator, pick_column
+from dynsparse.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 N_BEST, MAX_ANSWER_TOKENS = 20, 30
 Offset = tuple[int, int]  # a token's characters in the text: text[start:end]
 
 
-class QuestionAnswering(Task):
+class QuestionAnswering:
     name = "question-answering"
     main_metric = "f1"
 
     def __init__(self, labels: list[str] | None = None) -> None:
-        super().__init__(["start", "end"])
+        self.labels = ["start", "end"]
+
+    @classmethod
+    def label_names(cls, ds: Dataset, cols: Columns) -> list[str]:
+        return []  # the two span logits are fixed
+
+    def collator(self, tokenizer: Any) -> Collator:
+        return pad_collator(tokenizer)
 
     @classmethod
     def columns(cls, ds: Dataset, args: DataArguments) -> Columns:
@@ -72,10 +85,7 @@ class QuestionAnswering(Task):
         return (F.cross_entropy(start, labels[:, 0]) + F.cross_entropy(end, labels[:, 1])) / 2
 
     def distill(self, student: Tensor, teacher: Tensor, labels: Tensor, temperature: float) -> Tensor:
-        parts = [
-            super(QuestionAnswering, self).distill(student[..., k], teacher[..., k], labels, temperature)
-            for k in (0, 1)
-        ]
+        parts = [distill_loss(student[..., k], teacher[..., k], temperature) for k in (0, 1)]
         return (parts[0] + parts[1]) / 2
 
     def gather(self, out: Tensor, labels: Tensor | None) -> list[Any]:
@@ -215,3 +225,14 @@ def token_f1(prediction: str, gold: str) -> float:
         return 0.0
     precision, recall = same / len(pred), same / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+SPEC = TaskSpec(
+    name=QuestionAnswering.name,
+    task=QuestionAnswering,
+    auto_class="AutoModelForQuestionAnswering",
+    head=lambda shape, family, dropout: SpanHead(shape),
+    head_weights=lambda family: [("head.qa_outputs", "qa_outputs")],
+    endpoint="answer",
+    warm_up=("warm?", "warm up"),
+)

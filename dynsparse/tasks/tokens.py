@@ -1,16 +1,22 @@
 """token-classification: a tag per word (NER, POS). Entity F1 as seqeval computes it (conlleval), and
 word accuracy; BIO-tagged data reports F1 as its headline, other tag sets (POS) accuracy."""
 
-from typing import Any
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import torch.nn.functional as F
-from datasets import Dataset
 from torch import Tensor
 
 from dynsparse.config import DataArguments
 from dynsparse.data import LANGUAGE, Columns
 from dynsparse.errors import InputError
-from dynsparse.tasks.base import MODEL_INPUTS, Collator, Task, map_or_fail, pick_column
+from dynsparse.heads import TokenHead
+from dynsparse.tasks.base import MODEL_INPUTS, Collator, distill_loss, map_or_fail, pick_column
+from dynsparse.tasks.spec import TaskSpec
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 IGNORE = -100  # labels of sub-word continuations, special tokens and padding: no loss, no metric
 _WORDS = ("tokens", "words")
@@ -22,13 +28,13 @@ def is_bio(labels: list[str]) -> bool:
     return all(t == "O" or t[:2] in ("B-", "I-", "E-", "S-") for t in labels)
 
 
-class TokenClassification(Task):
+class TokenClassification:
     name = "token-classification"
 
     def __init__(self, labels: list[str]) -> None:
         if len(labels) < 2:
             raise InputError(f"token classification needs at least 2 tags, the data has {len(labels)}")
-        super().__init__(labels)
+        self.labels = list(labels)
         self.main_metric = "f1" if is_bio(self.labels) else "accuracy"
 
     @classmethod
@@ -88,7 +94,7 @@ class TokenClassification(Task):
 
     def distill(self, student: Tensor, teacher: Tensor, labels: Tensor, temperature: float) -> Tensor:
         keep = labels != IGNORE  # the words' first sub-words, as in the task loss
-        return super().distill(student[keep], teacher[keep], labels, temperature)
+        return distill_loss(student[keep], teacher[keep], temperature)
 
     def gather(self, out: Tensor, labels: Tensor | None) -> list[Any]:
         assert labels is not None
@@ -161,3 +167,14 @@ def group_entities(tags: list[str], scores: list[float]) -> list[Entity]:
             close()
     close()
     return out
+
+
+SPEC = TaskSpec(
+    name=TokenClassification.name,
+    task=TokenClassification,
+    auto_class="AutoModelForTokenClassification",
+    head=lambda shape, family, dropout: TokenHead(shape, dropout),
+    head_weights=lambda family: [("head.classifier", "classifier")],
+    endpoint="tokens",
+    warm_up="warm up",
+)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.codec import Task
+from service.codec import Endpoint
 from service.dispatch import Outcome, dispatch
 from service.errors import BadInput, ServiceError
 from service.runtime import Runtime
@@ -150,7 +150,7 @@ def describe_errors(errors: Any) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def serve(rt: Runtime, request: Request, response: Response, task: Task, body: SizedRequest[Any]) -> Outcome:
+async def serve(rt: Runtime, request: Request, response: Response, task: Endpoint, body: SizedRequest[Any]) -> Outcome:
     """The one dispatch path, with the timing headers on `response`."""
     outcome = await dispatch(rt, request, task, body)
     timing_headers(response, outcome)

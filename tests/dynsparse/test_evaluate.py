@@ -1,4 +1,5 @@
-from dynsparse.evaluate import default_levels, format_table
+from dynsparse.evaluate import format_table
+from dynsparse.levels import default_levels, thin, trained_levels
 
 
 def test_default_levels_reach_the_trained_maximum() -> None:
@@ -13,3 +14,11 @@ def test_table_has_a_row_per_level() -> None:
     ]
     text = format_table(rows, "accuracy")
     assert len(text.splitlines()) == 3 and "accuracy" in text.splitlines()[0]
+
+
+def test_trained_levels_cover_the_range_and_thin_to_a_count() -> None:
+    assert trained_levels(0.0, 0.9) == default_levels(0.9)
+    assert trained_levels(0.25, 0.9) == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    assert trained_levels(0.0, 0.9, 10) == default_levels(0.9)  # the default --eval_levels changes nothing
+    assert trained_levels(0.0, 0.9, 2) == [0.0, 0.9] and trained_levels(0.0, 0.9, 4) == [0.0, 0.3, 0.6, 0.9]
+    assert thin([0.0, 0.5], 1) == [0.0]

@@ -12,7 +12,7 @@ import torch
 import dynsparse
 from dynsparse.cost import level_costs
 from dynsparse.errors import InputError
-from dynsparse.export import META, export, fixed_size
+from dynsparse.export import EXPORT_META, export, fixed_size
 
 ROOT = Path(__file__).resolve().parents[2]
 LEVELS = (0.0, 0.5, 0.9)
@@ -126,7 +126,7 @@ def test_onnx_matches_checkpoint(
 def test_onnx_is_smaller_when_sparser(onnx_exports: dict[float, Path], model: dynsparse.ElasticModel) -> None:
     dense, small = (onnx_exports[s] / "model.onnx" for s in (0.0, 0.9))
     assert small.stat().st_size < 0.7 * dense.stat().st_size
-    meta = json.loads((onnx_exports[0.9] / META).read_text())
+    meta = json.loads((onnx_exports[0.9] / EXPORT_META).read_text())
     assert meta["sparsity"] == 0.9 and meta["format"] == "onnx" and meta["labels"] == list(model.meta.labels)
     assert [tuple(x) for x in meta["structure"]] == list(model.structure(0.9))
     assert meta["params"] == sum(p.numel() for p in fixed_size(model, 0.9).parameters())
@@ -146,7 +146,7 @@ def test_families_in_both_formats(tiny_dir: Path, tmp_path: Path, family: str) -
     logits, session = run_onnx(export(model, 0.5, tmp_path / "onnx", "onnx"), batch)
     assert sorted(i.name for i in session.get_inputs()) == sorted(batch)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
-    names = json.loads((tmp_path / "onnx" / META).read_text())["inputs"]
+    names = json.loads((tmp_path / "onnx" / EXPORT_META).read_text())["inputs"]
     scripted = torch.jit.load(str(export(model, 0.5, tmp_path / "torch", "torch")))
     torch.testing.assert_close(scripted(*(batch[name] for name in names)), expected, atol=1e-4, rtol=1e-4)
 
@@ -157,7 +157,7 @@ def test_torch_matches_checkpoint(
     model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], tmp_path: Path, sparsity: float
 ) -> None:
     loaded = torch.jit.load(str(export(model, sparsity, tmp_path, "torch")))
-    logits = loaded(*(batch[name] for name in json.loads((tmp_path / META).read_text())["inputs"]))
+    logits = loaded(*(batch[name] for name in json.loads((tmp_path / EXPORT_META).read_text())["inputs"]))
     torch.testing.assert_close(logits, reference(model, batch, sparsity), atol=1e-4, rtol=1e-4)
 
 
@@ -165,7 +165,7 @@ def test_torch_loads_without_dynsparse(
     model: dynsparse.ElasticModel, batch: dict[str, torch.Tensor], tmp_path: Path
 ) -> None:
     file = export(model, 0.5, tmp_path / "export", "torch")
-    names = json.loads((file.parent / META).read_text())["inputs"]
+    names = json.loads((file.parent / EXPORT_META).read_text())["inputs"]
     torch.save([batch[name] for name in names], tmp_path / "batch.pt")
     script = (
         "import sys, torch; sys.modules['dynsparse'] = None\n"  # any import of dynsparse now fails
@@ -188,7 +188,7 @@ def test_cli_round_trip(
     assert "Traceback" not in r.stderr + r.stdout
     logits, _ = run_onnx(tmp_path / "out" / "model.onnx", batch)
     torch.testing.assert_close(logits, reference(model, batch, 0.5), atol=1e-4, rtol=1e-4)
-    assert json.loads((tmp_path / "out" / META).read_text())["sparsity"] == 0.5
+    assert json.loads((tmp_path / "out" / EXPORT_META).read_text())["sparsity"] == 0.5
 
 
 @pytest.mark.parametrize(
@@ -244,7 +244,7 @@ def test_every_task_matches_on_a_padded_batch(
     batch = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     expected = task_reference(model, batch, 0.5)
     file = export(model, 0.5, tmp_path, fmt)
-    meta = json.loads((tmp_path / META).read_text())
+    meta = json.loads((tmp_path / EXPORT_META).read_text())
     assert meta["outputs"] == list(expected) and meta["task"] == model.task
     if fmt == "onnx":
         session = pytest.importorskip("onnxruntime").InferenceSession(str(file), providers=["CPUExecutionProvider"])

@@ -13,8 +13,8 @@ import torch
 import transformers
 
 import dynsparse
-from dynsparse.export import META, export
-from dynsparse.heads import AUTO_CLASS
+from dynsparse.export import EXPORT_META, export
+from dynsparse.tasks import task_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "w13 w14", "w15 w16 w17 w18 w19"]
@@ -54,11 +54,15 @@ def test_transformers_export_matches(
     model = dynsparse.load(str(request.getfixturevalue(ckpt)))
     batch = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     export(model, sparsity, tmp_path, "transformers")
-    stock = json.loads((tmp_path / META).read_text())["stock"]
+    stock = json.loads((tmp_path / EXPORT_META).read_text())["stock"]
     assert stock == SIZES[sparsity]
     config = json.loads((tmp_path / "config.json").read_text())
     assert (config["model_type"] == "bert") == stock and ("auto_map" in config) != stock
-    hf = getattr(transformers, AUTO_CLASS[model.task]).from_pretrained(tmp_path, trust_remote_code=not stock).eval()
+    hf = (
+        getattr(transformers, task_spec(model.task).auto_class)
+        .from_pretrained(tmp_path, trust_remote_code=not stock)
+        .eval()
+    )
     assert type(hf).__name__.startswith("Bert" if stock else "Dynsparse")
     if model.task != "feature-extraction":  # a stock BertModel adds its (unused, newly initialised) pooler
         assert sum(p.numel() for p in hf.parameters()) < sum(p.numel() for p in model.parameters())
@@ -114,7 +118,7 @@ def test_cli_writes_a_transformers_directory(tiny_ckpt: Path, tmp_path: Path) ->
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr
-    assert {"model.safetensors", "config.json", "modeling_dynsparse.py", "tokenizer.json", META} <= {
+    assert {"model.safetensors", "config.json", "modeling_dynsparse.py", "tokenizer.json", EXPORT_META} <= {
         p.name for p in (tmp_path / "out").iterdir()
     }
 

@@ -12,8 +12,8 @@ import torch
 import transformers
 
 import dynsparse
-from dynsparse.heads import AUTO_CLASS
 from dynsparse.hf_remote import CODE_FILES
+from dynsparse.tasks import task_spec
 
 TEXTS = ["w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12", "w13 w14", "w15 w16 w17 w18 w19"]
 TASK_CKPTS = ("tiny_ckpt", "ner_ckpt", "qa_ckpt", "embed_ckpt")
@@ -49,7 +49,7 @@ def test_transformers_loads_every_task_at_any_size(request: pytest.FixtureReques
     model = dynsparse.load(str(path))
     batch = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
     assert not batch["attention_mask"].all()
-    auto = getattr(transformers, AUTO_CLASS[model.task])
+    auto = getattr(transformers, task_spec(model.task).auto_class)
     hf = auto.from_pretrained(path, trust_remote_code=True).eval()
     assert type(hf).__name__.startswith("Dynsparse")
     with torch.no_grad():

@@ -36,10 +36,10 @@ def ner_run(ner_ckpt: Path) -> Path:
 def test_sparsity_zero_matches_the_transformers_task_model(tmp_path: Path, family: str, task: str) -> None:
     import transformers
 
-    from dynsparse.heads import AUTO_CLASS
+    from dynsparse.tasks import task_spec
 
     path = make_tiny(family, tmp_path / family, task=task, num_labels=2 if task == "question-answering" else 3)
-    hf = getattr(transformers, AUTO_CLASS[task]).from_pretrained(path).eval()
+    hf = getattr(transformers, task_spec(task).auto_class).from_pretrained(path).eval()
     ours = dynsparse.from_pretrained(str(path), task=task)
     ids = torch.tensor([[9, 10, 11, 12, 13, 14], [9, 10, 11, 1 if "roberta" in family else 0, 0, 0]])
     if "roberta" in family:

@@ -11,7 +11,7 @@ import pytest
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from service.batcher import Batcher, Job
-from service.engine import Item, Task
+from service.engine import Endpoint, Item
 from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
 
 pytestmark = pytest.mark.anyio  # async tests on asyncio (anyio's pytest plugin)
@@ -25,12 +25,12 @@ class FakeRunner:
 
     def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
         self.delay, self.fail = delay, fail
-        self.calls: list[tuple[Task, Structure, list[list[Item]]]] = []
+        self.calls: list[tuple[Endpoint, Structure, list[list[Item]]]] = []
         self.languages: list[str | None] = []  # per call, the ordering it ran with
         self.threads: set[str] = set()
 
     def run(
-        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
+        self, task: Endpoint, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
     ) -> list[list[Any] | InputError]:
         self.calls.append((task, structure, [list(g) for g in groups]))
         self.languages.append(language)
@@ -45,7 +45,7 @@ def job(
     items: Sequence[Item],
     structure: Structure = SMALL,
     timeout: float = 10.0,
-    task: Task = "classify",
+    task: Endpoint = "classify",
     language: str | None = None,
 ) -> Job:
     return Job(task, items, 0.5, structure, deadline=time.monotonic() + timeout, language=language, cost_ms=1.0)

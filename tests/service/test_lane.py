@@ -11,7 +11,7 @@ import pytest
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from service.batcher import Batcher, Job
-from service.codec import Item, Task
+from service.codec import Endpoint, Item
 from service.errors import NotReady
 from service.lane import IdleLane
 
@@ -26,7 +26,7 @@ class Recorder:
         self.delay, self.batches = delay, []  # type: ignore[var-annotated]
 
     def run(
-        self, task: Task, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
+        self, task: Endpoint, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
     ) -> list[list[Any] | InputError]:
         self.batches.append([x for g in groups for x in g])
         time.sleep(self.delay)
