@@ -196,7 +196,7 @@ class Batcher:
                 continue
             try:  # idle work waits until the real queue has stayed empty for a moment
                 await asyncio.wait_for(self._wake.wait(), self.lane.idle_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # as in `_fill`: before 3.11 not the builtin TimeoutError
                 idle: Job | None = self.lane.head()
                 if not self._queue and idle is not None:
                     return idle
