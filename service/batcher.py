@@ -295,8 +295,8 @@ class Batcher:
         self.metrics.correction.labels("inference").set(self.calibration.inference.factor)
 
     def observe_latency(self, job: Job, latency_ms: float) -> None:
-        """Learn from a request's time to result as its handler saw it (on the event loop: after the results
-        of the jobs settled before it in its batch were sent, which the batch's own timing misses)."""
+        """Learn from a request's time to result, measured when its response was sent (`dispatch` asks the
+        middleware to call back), so encoding and the loop's turn to send count, as the client waits for them."""
         if job.expected_ms is not None:
             self.calibration.latency.update(latency_ms, job.expected_ms)
             self.metrics.latency_margin.set(self.calibration.latency.margin_ms / 1000)
