@@ -109,17 +109,25 @@ async def _get(session: aiohttp.ClientSession, path: str) -> None:
         await r.read()
 
 
-def _bodies(rng: random.Random, n: int, budget_ms: float | None) -> list[dict[str, Any]]:
+def _bodies(rng: random.Random, n: int, budget_ms: float | None, texts: list[str] | None) -> list[dict[str, Any]]:
     bodies = []
     for _ in range(n):
-        text = " ".join(rng.choices(WORDS, k=rng.randrange(8, 40)))
+        text = rng.choice(texts) if texts else " ".join(rng.choices(WORDS, k=rng.randrange(8, 40)))
         size = {"latency_budget_ms": budget_ms} if budget_ms else {"sparsity": rng.choice([0.0, 0.3, 0.6, 0.9])}
         bodies.append({"inputs": [text], **size})
     return bodies
 
 
-def run_load(url: str, clients: int, total: int, seconds: float, budget_ms: float | None = None) -> dict[str, Any]:
-    """`clients` concurrent clients share `total` requests (or stop after `seconds`)."""
+def run_load(
+    url: str,
+    clients: int,
+    total: int,
+    seconds: float,
+    budget_ms: float | None = None,
+    texts: list[str] | None = None,
+) -> dict[str, Any]:
+    """`clients` concurrent clients share `total` requests (or stop after `seconds`); one text each, drawn from
+    `texts` (default: random bags of words)."""
     rng = random.Random(clients)
     results: list[dict[str, Any]] = []
     per = max(1, total // clients)
@@ -139,7 +147,7 @@ def run_load(url: str, clients: int, total: int, seconds: float, budget_ms: floa
             gc.freeze()
             stop = time.time() + seconds
             t0 = time.perf_counter()
-            await asyncio.gather(*(_client(c, _bodies(rng, per, budget_ms), stop, results) for c in pool))
+            await asyncio.gather(*(_client(c, _bodies(rng, per, budget_ms, texts), stop, results) for c in pool))
             return time.perf_counter() - t0
         finally:
             await asyncio.gather(*(c.close() for c in pool))
@@ -195,7 +203,7 @@ def engine_ceiling(ckpt: str, device: str, rows_per_batch: int, n: int) -> dict[
     from service.settings import Settings
 
     engine = Engine.load(Settings(checkpoint=Path(ckpt), device=device))
-    bodies = _bodies(random.Random(0), n, None)
+    bodies = _bodies(random.Random(0), n, None, None)
     by_size = {s: [bodies[i]["inputs"] for i in idx] for s, idx in group_rows([b["sparsity"] for b in bodies]).items()}
 
     def one() -> None:

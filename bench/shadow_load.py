@@ -1,8 +1,12 @@
 """Shadow agreement under load: the real server on 127.0.0.1 with shadowing off and on, mixed sizes from real
 clients; client-side latency percentiles side by side, and the agreement curve it measured against the offline one.
 
-Runs alternate (off, on, off, on at each client count) so a loaded machine disturbs both alike. The "on" runs
-shadow every request served below dense (`shadow_fraction` 1.0: the worst case; the default is 0.02).
+Requests are real review snippets (Rotten Tomatoes, the embedded default's corpus), one each, at sparsity 0, 0.3,
+0.6 or 0.9 drawn at random. Runs alternate (off, on, off, on, ... at each client count) so a loaded machine disturbs
+both alike, and each starts once the other server's idle lane has drained (its shadow re-runs would otherwise run
+during the next measurement). The "on" runs shadow every request served below dense (`shadow_fraction` 1.0: the
+worst case; the default is 0.02). Afterwards the offline twin (`dynsparse.twin.agreement_levels`) prices the same
+texts at the same sizes: the shadow figures should match it.
 
     python bench/shadow_load.py --model runs/default --out bench/results/shadow_load [--quick]
 
@@ -10,20 +14,22 @@ Without --model, the embedded MiniLM wrapped as a classifier (natural ordering, 
 mean nothing, but what each size costs against dense is measured all the same.
 
 summary.p50_ratio_on_off / p99_ratio_on_off: client p50 / p99 with shadowing on over off (medians of the runs).
-summary.shadow_compared: shadow re-runs compared; summary.agreement: per size, measured agreement and samples.
+summary.shadow_compared: shadow re-runs compared; summary.agreement: per size, the shadow agreement and its samples,
+the offline twin's agreement on the same texts, and the checkpoint's offline metric (relative to dense).
 """
 
 import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import base_parser, device_name, plt, write_result  # noqa: E402
+from common import base_parser, device_name, plt, real_sentences, write_result  # noqa: E402
 from serve_load import run_load, start_server  # noqa: E402
 
 
@@ -49,28 +55,55 @@ def _sizes(url: str) -> dict[str, Any]:
 def main() -> None:
     args = base_parser(__doc__.splitlines()[0]).parse_args()
     device = device_name(args.device)
-    total, seconds = (150, 20.0) if args.quick else (600, 60.0)
+    total, seconds, rounds = (150, 20.0, 2) if args.quick else (400, 30.0, 4)
     clients = [1, 8] if args.quick else [1, 8, 32]
+    texts = real_sentences(300, seed=1)
     rows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _checkpoint(args.model, Path(tmp))
         servers = {mode: _serve(ckpt, args.device, f) for mode, f in (("off", 0.0), ("on", 1.0))}
         try:
             for c in clients:
-                for _ in range(2):  # alternate: load on the machine hits both modes alike
+                for _ in range(rounds):  # alternate: load on the machine hits both modes alike
                     for mode in ("off", "on"):
-                        rows[mode].append({**run_load(servers[mode][1], c, total, seconds), "mode": mode})
+                        _drain(servers["on"][1])
+                        rows[mode].append({**run_load(servers[mode][1], c, total, seconds, texts=texts), "mode": mode})
+            _drain(servers["on"][1])
             sizes = _sizes(servers["on"][1])
             compared = _metric(servers["on"][1], 'dynsparse_shadow_jobs_total{outcome="compared"}')
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(30)
-    summary = _summary(rows, clients, sizes, compared)
+        twin = _twin(ckpt, texts, [0.3, 0.6, 0.9])
+    summary = _summary(rows, clients, sizes, compared, twin)
     out = Path(args.out)
     write_result(out, "shadow_load", {"device": device, "rows": rows, "summary": summary, "levels": sizes["levels"]})
-    _plot(rows, clients, sizes, out / "shadow_load.png")
+    _plot(rows, clients, sizes, twin, out / "shadow_load.png")
     print(summary)
+
+
+def _drain(url: str, quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
+    """Wait until the shadowing server's re-runs stop (its idle lane is empty): counted jobs unchanged for
+    `quiet_s`, at most `limit_s`."""
+    last, since, deadline = -1.0, time.monotonic(), time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        lines = httpx.get(url + "/metrics", timeout=30).text.splitlines()
+        seen = sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("dynsparse_shadow_jobs_total{"))
+        if seen != last:
+            last, since = seen, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.2)
+
+
+def _twin(ckpt: str, texts: list[str], levels: list[float]) -> dict[float, float]:
+    """The offline twin on the same texts: each level's agreement with dense (the checkpoint task's measure)."""
+    import dynsparse
+    from dynsparse.twin import agreement_levels
+
+    rows = agreement_levels(dynsparse.load(ckpt).eval(), texts, levels, max_len=128)
+    return {s: rows[s]["agreement"] for s in levels}
 
 
 def _metric(url: str, line_start: str) -> float:
@@ -81,7 +114,11 @@ def _metric(url: str, line_start: str) -> float:
 
 
 def _summary(
-    rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict[str, Any], compared: float
+    rows: dict[str, list[dict[str, Any]]],
+    clients: list[int],
+    sizes: dict[str, Any],
+    compared: float,
+    twin: dict[float, float],
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"shadow_compared": compared, "agreement_measure": sizes.get("agreement_measure")}
     for c in clients:
@@ -94,6 +131,7 @@ def _summary(
         str(lv["sparsity"]): {
             "shadow": lv.get(key),
             "samples": lv.get("shadow_samples"),
+            "twin_same_texts": twin.get(lv["sparsity"]),
             "offline": lv.get("agreement_offline"),
             sizes.get("metric") or "metric": lv.get(sizes.get("metric") or ""),
         }
@@ -102,7 +140,13 @@ def _summary(
     return out
 
 
-def _plot(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict[str, Any], path: Path) -> None:
+def _plot(
+    rows: dict[str, list[dict[str, Any]]],
+    clients: list[int],
+    sizes: dict[str, Any],
+    twin: dict[float, float],
+    path: Path,
+) -> None:
     pyplot = plt()
     fig, (ax, bx) = pyplot.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     width = 0.38
@@ -131,6 +175,7 @@ def _plot(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict
         color="tab:green",
         label=f"agreement with dense ({sizes.get('agreement_measure')}, shadow)",
     )
+    bx.plot(list(twin), list(twin.values()), "^:", color="tab:orange", label="offline twin, same texts")
     offline = [lv for lv in levels if lv.get("agreement_offline") is not None]
     bx.plot(
         [lv["sparsity"] for lv in offline],
@@ -144,3 +189,7 @@ def _plot(rows: dict[str, list[dict[str, Any]]], clients: list[int], sizes: dict
     bx.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()

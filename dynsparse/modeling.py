@@ -377,8 +377,8 @@ class ElasticModel(nn.Module):
             structure = self.structure(sparsity, depth, language)
         rows = self.unit_rows(language, structure) if language is not None else None
         mask = None
-        if attention_mask is not None:
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends
+        if attention_mask is not None and (_tracing() or not bool(attention_mask.all())):
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends; none without padding
         masked = head_mask is not None or neuron_mask is not None or layer_mask is not None
         packing = Packing.of(attention_mask) if unpad and attention_mask is not None and not masked else None
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
@@ -392,6 +392,11 @@ class ElasticModel(nn.Module):
             y = layer(x, mask, heads, neurons, hg, ng, rows[i] if rows is not None else None, packing)
             x = y if layer_mask is None else x + layer_mask[i] * (y - x)  # gate 0 is the layer dropped
         return packing.pad(x) if packing is not None else x
+
+
+def _tracing() -> bool:
+    """Inside an export or a compile: the graph must keep the mask (an unpadded example input says nothing)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def every_other(layers: int) -> list[int]:

@@ -6,9 +6,11 @@ Per level (columns of `levels.json`, the same measures as `service.shadow`, from
     agreement_label    classification: share of texts whose predicted label is the dense label
     agreement_top1     token classification: share of words (first sub-words) whose tag is the dense tag
     agreement_kl       token classification: mean KL(dense || level) per word, in nats
+    agreement_span     question answering on (question, context) pairs: share of questions whose best answer span
+                       (over the context's windows, as the server decodes it) is the dense one
     agreement_cosine   every checkpoint: mean cosine of the mean-pooled embedding to the dense one
-    agreement          the checkpoint task's main one (label, top1; cosine for embeddings and question answering,
-                       whose span agreement needs questions with contexts)
+    agreement          the checkpoint task's main one (label, top1, span; cosine for embeddings, and for question
+                       answering on a file of single texts, which have no context to find a span in)
 
 Example:
     >>> rows = agreement_levels(model, ["a text", "another"], [0.0, 0.5, 0.9])
@@ -24,11 +26,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dynsparse.agreement import cosine_to_dense, label_agreement, token_agreement
+from dynsparse.agreement import cosine_to_dense, label_agreement, span_agreement, token_agreement
 from dynsparse.modeling import ElasticModel
+from dynsparse.tasks.qa import best_span, encode_windows
 
 Text = str | tuple[str, str] | list[str]  # a text, a text pair, or (token classification) a list of words
-MAIN = {"text-classification": "agreement_label", "token-classification": "agreement_top1"}
+MAIN = {
+    "text-classification": "agreement_label",
+    "token-classification": "agreement_top1",
+    "question-answering": "agreement_span",
+}
 
 
 @torch.inference_mode()
@@ -57,12 +64,37 @@ def agreement_levels(
                 sums[s][measure] = sums[s].get(measure, 0.0) + float((values * weight).sum())
                 if s == levels[0]:
                     counts[measure] = counts.get(measure, 0.0) + float(weight.sum())
-    main = MAIN.get(model.task, "agreement_cosine")
+        if model.task == "question-answering" and all(isinstance(t, tuple) for t in chunk):
+            for s, agree in _span_agreement(model, chunk, levels, max_len, depth).items():
+                sums[s]["agreement_span"] = sums[s].get("agreement_span", 0.0) + float(agree.sum())
+            counts["agreement_span"] = counts.get("agreement_span", 0.0) + len(chunk)
     rows = {}
     for s in levels:
         row = {m: round(v / max(counts[m], 1e-9), 4) for m, v in sums[s].items()}
-        rows[s] = {"agreement": row[main], **row}
+        main = MAIN.get(model.task, "agreement_cosine")
+        rows[s] = {"agreement": row.get(main, row["agreement_cosine"]), **row}
     return rows
+
+
+def _span_agreement(
+    model: ElasticModel, pairs: Sequence[Any], levels: Sequence[float], max_len: int, depth: int | None
+) -> dict[float, Tensor]:
+    """Per level, (N,) 1.0 where a (question, context) pair's best span is the dense one's. Contexts are cut in
+    overlapping windows and the best span taken over them, as training's metric and the server's /v1/answer do."""
+    device = next(model.parameters()).device
+    w = encode_windows(model.tokenizer, [q for q, _ in pairs], [c for _, c in pairs], max_len)
+    batch = {k: v.to(device) for k, v in model.tokenizer.pad(dict(w.encoding), return_tensors="pt").items()}
+    windows: list[list[int]] = [[] for _ in pairs]
+    for i, j in enumerate(w.sample):
+        windows[j].append(i)
+
+    def spans(sparsity: float, at_depth: int | None) -> Tensor:
+        logits = model(**batch, sparsity=sparsity, depth=at_depth, unpad=True).logits.float().cpu().numpy()
+        found = [best_span([logits[i] for i in rows], [w.offsets[i] for i in rows]) for rows in windows]
+        return torch.tensor([(-1, -1) if f is None else (f.start, f.end) for f in found])  # (N, 2) characters
+
+    dense = spans(0.0, None)
+    return {s: span_agreement(spans(s, depth), dense) for s in levels}
 
 
 def _encode(model: ElasticModel, texts: Sequence[Text], max_len: int) -> tuple[dict[str, Tensor], Tensor | None]:
@@ -108,12 +140,14 @@ def _pool(hidden: Tensor, mask: Tensor) -> Tensor:
 
 
 _TEXTS = ("text", "sentence", "sentence1", "tokens", "words", "question", "query", "content", "body")
+_PAIRS = ("text_pair", "sentence2", "context", "passage")  # a second text: a pair, or a question's context
 
 
 def twin_texts(raw: Any, task: Any, args: Any) -> tuple[list[Text], bool]:
     """(the texts to compare levels on, whether `raw` is labelled for `task`). Labelled data gives its task's text
     columns (pairs for classification and QA); any other file its text column: `args.text_column`, a usual name,
-    or the first column of strings (or word lists). No text column at all is an `InputError`."""
+    or the first column of strings (or word lists), paired with `args.text_pair_column` or a usual second column
+    (`context` for questions). No text column at all is an `InputError`."""
     from dynsparse.errors import InputError
 
     try:
@@ -123,7 +157,10 @@ def twin_texts(raw: Any, task: Any, args: Any) -> tuple[list[Text], bool]:
         names = raw.column_names
         given = args.text_column if args.text_column in names else None
         usual = next((c for c in _TEXTS if c in names), None)
-        text, pair, labelled = given or usual or next(iter(_string_columns(raw)), None), None, False
+        text, labelled = given or usual or next(iter(_string_columns(raw)), None), False
+        pair_given = args.text_pair_column if getattr(args, "text_pair_column", None) in names else None
+        pair = pair_given or next((c for c in _PAIRS if c in names and c != text), None)
+        pair = pair if task.name in ("text-classification", "question-answering") else None  # others: one text
         if text is None:
             raise InputError(
                 f"no text column found (looked for {', '.join(_TEXTS)}); pass --text_column, columns: {names}"

@@ -196,7 +196,7 @@ class Batcher:
                 continue
             try:  # idle work waits until the real queue has stayed empty for a moment
                 await asyncio.wait_for(self._wake.wait(), self.lane.idle_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # as in `_fill`: before 3.11 not the builtin TimeoutError
                 idle: Job | None = self.lane.head()
                 if not self._queue and idle is not None:
                     return idle
@@ -295,8 +295,8 @@ class Batcher:
         self.metrics.correction.labels("inference").set(self.calibration.inference.factor)
 
     def observe_latency(self, job: Job, latency_ms: float) -> None:
-        """Learn from a request's time to result as its handler saw it (on the event loop: after the results
-        of the jobs settled before it in its batch were sent, which the batch's own timing misses)."""
+        """Learn from a request's time to result, measured when its response was sent (`dispatch` asks the
+        middleware to call back), so encoding and the loop's turn to send count, as the client waits for them."""
         if job.expected_ms is not None:
             self.calibration.latency.update(latency_ms, job.expected_ms)
             self.metrics.latency_margin.set(self.calibration.latency.margin_ms / 1000)

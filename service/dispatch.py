@@ -71,7 +71,7 @@ async def dispatch(rt: Runtime, request: Request, task: Endpoint, body: SizedReq
         rt.batcher.observe_latency(job, max(elapsed_ms, job.expected_ms or 0.0))
         raise
     latency_ms = (time.monotonic() - arrived) * 1000
-    rt.batcher.observe_latency(job, latency_ms)
+    _observe_when_sent(rt, request, job, arrived)
     met = None if choice.budget_ms is None else latency_ms <= choice.budget_ms
     _record(rt, request, sparsity, latency_ms, degraded, met)
     if rt.slo is not None:
@@ -95,6 +95,21 @@ async def dispatch(rt: Runtime, request: Request, task: Endpoint, body: SizedReq
     }
     chars = sum(_chars(x) for x in body.inputs)
     return Outcome(outputs, served, job.tokens, chars, round(job.tokenize_ms, 3))
+
+
+def _observe_when_sent(rt: Runtime, request: Request, job: Job, arrived: float) -> None:
+    """The latency margin learns from the time to the response's last byte (`middleware.RequestGuard` calls back):
+    what a client waits includes encoding the response and the loop's turn to send it. Without the middleware
+    (no arrival stamp), from now."""
+
+    def observe() -> None:
+        rt.batcher.observe_latency(job, (time.monotonic() - arrived) * 1000)
+
+    state = request.scope.get("state", {})
+    if "arrived" in state:
+        state.setdefault("on_sent", []).append(observe)
+    else:
+        observe()
 
 
 def _depth_and_language(rt: Runtime, body: SizedRequest[Any]) -> tuple[int | None, str | None]:

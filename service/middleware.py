@@ -49,7 +49,7 @@ class RequestGuard:
         if body is None:
             await self._reject(scope, receive, send)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, _replay(body, receive), _then_sent(scope, send))
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         """The whole body (chunked uploads too), or None as soon as it passes the limit."""
@@ -98,6 +98,19 @@ def _is_json(media: str, path: str) -> bool:
     if media == "application/json" or media.endswith("+json"):
         return True
     return media == "application/octet-stream" and path.startswith(_BINARY_PATHS)
+
+
+def _then_sent(scope: Scope, send: Send) -> Send:
+    """`send`, then once the response's last byte is handed to the server, the callbacks a handler left in
+    `scope["state"]["on_sent"]` (the planner learns from the time the client waits, serialisation included)."""
+
+    async def sending(message: Message) -> None:
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            for callback in scope.get("state", {}).pop("on_sent", ()):
+                callback()
+
+    return sending
 
 
 def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:

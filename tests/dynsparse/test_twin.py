@@ -87,6 +87,43 @@ def test_tags_agree_per_word(ner_ckpt: Path, tmp_path: Path) -> None:
     assert rows[0.9]["agreement"] == rows[0.9]["agreement_top1"] and rows[0.9]["agreement_kl"] >= 0.0
 
 
+QUESTIONS = [
+    (f"w{i % 7} w{(i + 3) % 7}", " ".join(f"w{(3 * i + k) % 50}" for k in range(12 + i % 9))) for i in range(20)
+]
+
+
+def test_answer_spans_agree_with_dense(qa_ckpt: Path) -> None:
+    import torch
+
+    from dynsparse.tasks.qa import best_span, encode_windows
+
+    model = dynsparse.load(str(qa_ckpt)).eval()
+    rows = agreement_levels(model, QUESTIONS, [0.0, 0.9], batch_size=6, max_len=24)
+    assert rows[0.0]["agreement_span"] == 1.0 and rows[0.0]["agreement"] == 1.0
+
+    def span(q: str, c: str, s: float) -> tuple[int, int] | None:  # one pair alone, every window in one batch
+        w = encode_windows(model.tokenizer, [q], [c], 24)
+        with torch.no_grad():
+            lg = model(**model.tokenizer.pad(dict(w.encoding), return_tensors="pt"), sparsity=s).logits.numpy()
+        found = best_span(list(lg), w.offsets)
+        return None if found is None else (found.start, found.end)
+
+    same = [span(q, c, 0.9) == span(q, c, 0.0) for q, c in QUESTIONS]
+    assert rows[0.9]["agreement"] == rows[0.9]["agreement_span"] == pytest.approx(sum(same) / len(same), abs=1e-4)
+
+
+def test_questions_with_contexts_but_no_answers_give_span_agreement(qa_ckpt: Path, tmp_path: Path) -> None:
+    data = tmp_path / "questions.csv"
+    with open(data, "w", newline="") as f:
+        csv.writer(f).writerows([("question", "context"), *QUESTIONS])
+    out = tmp_path / "out"
+    r = _evaluate(str(qa_ckpt), "--validation_file", str(data), "--output_dir", str(out), "--levels", "0", "0.9")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "levels.json").read_text())["levels"]
+    assert rows[0]["agreement_span"] == 1.0 and 0.0 <= rows[1]["agreement_span"] <= 1.0
+    assert all(row["agreement"] == row["agreement_span"] for row in rows)
+
+
 def test_a_file_without_text_is_one_clear_error(tiny_ckpt: Path, tmp_path: Path) -> None:
     data = tmp_path / "numbers.csv"
     data.write_text("n\n1\n2\n")

@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 
 import httpx
+import pytest
 
 from service.settings import Settings
 
@@ -42,3 +43,32 @@ def test_a_body_that_is_not_json_is_415(api: httpx.Client) -> None:
     assert api.post("/v1/classify", content=body, headers={"content-type": "text/plain"}).status_code == 415
     ok = api.post("/v1/classify", content=body, headers={"content-type": "application/json; charset=utf-8"})
     assert ok.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_callbacks_run_once_the_last_byte_is_sent() -> None:
+    """The planner's margin learns from the time a client waits: `on_sent` runs after the response's last body
+    message has been handed on, never before (a streamed body's earlier chunks do not count)."""
+    from starlette.types import Message, Receive, Scope, Send
+
+    from service.middleware import RequestGuard
+
+    events: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        scope["state"].setdefault("on_sent", []).append(lambda: events.append("observed"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        events.append(message["type"] + ("+more" if message.get("more_body") else ""))
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/embed", "headers": [(b"content-type", b"application/json")]}
+    await RequestGuard(app, max_body_bytes=1024)(scope, receive, send)
+    assert events == ["http.response.start", "http.response.body+more", "http.response.body", "observed"]
+    assert "on_sent" not in scope["state"]  # each callback runs once
