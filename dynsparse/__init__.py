@@ -29,7 +29,7 @@ def save(model: ElasticModel, path: str | os.PathLike[str]) -> None:
         >>> dynsparse.load("runs/copy").structure(0.5) == model.structure(0.5)
         True
     """
-    from dynsparse.checkpoint import save_checkpoint
+    from dynsparse.writer import save_checkpoint
 
     save_checkpoint(model, path)
 

@@ -12,29 +12,26 @@ Files are written to a temporary folder and moved into place one by one, `dynspa
 crash never leaves a checkpoint that loads with the wrong weights (its checksum would not match).
 """
 
-import hashlib
 import json
 import math
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dynsparse.cost import embedding_params, head_cost, neuron_cost
 from dynsparse.errors import CheckpointError
 from dynsparse.family import family_for, shape_from_config
-from dynsparse.hf_config import base_config, is_remote, remote_config, write_remote
-from dynsparse.metadata import FORMAT_VERSION, CheckpointMeta, Vocabulary
+from dynsparse.hf_config import base_config, is_remote
+from dynsparse.metadata import CheckpointMeta, Vocabulary
 from dynsparse.modeling import ElasticModel
 from dynsparse.tasks import TASKS
+from dynsparse.writer import CONFIG, META, REQUIRED, WEIGHTS, sha256_file
 
-WEIGHTS, CONFIG, META = "model.safetensors", "config.json", "dynsparse.json"
-REQUIRED = (WEIGHTS, CONFIG, META)
 _MAX_JSON_BYTES = 32 << 20  # dynsparse.json and config.json hold a few KB; anything this big is not ours
 _RAW_SIZES = (
     "vocab_size",
@@ -51,39 +48,6 @@ _RAW_SIZES = (
     "n_heads",
     "hidden_dim",
 )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def save_checkpoint(model: ElasticModel, path: str | os.PathLike[str]) -> None:
-    """Write `model` as a checkpoint directory at `path` (created if needed; our files replaced)."""
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".tmp-save-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        # floats are stored as float32 whatever the serving dtype; the vocabulary map stays integer
-        state = {
-            k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
-            for k, v in model.state_dict().items()
-        }
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "dynsparse_format": str(FORMAT_VERSION)})
-        write_remote(remote_config(model), tmp)
-        if model.tokenizer is not None:
-            model.tokenizer.save_pretrained(tmp)
-        meta = model.meta.with_languages(model.languages).to_json(sha256_file(tmp / WEIGHTS))
-        (tmp / META).write_text(json.dumps(meta, indent=2))
-        for f in sorted(tmp.iterdir(), key=lambda p: p.name == META):  # dynsparse.json last
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | None = None) -> ElasticModel:

@@ -206,10 +206,10 @@ def _prepare_data(args: argparse.Namespace) -> None:
 
 def _prune_vocab(args: argparse.Namespace) -> None:
     import dynsparse
-    from dynsparse.checkpoint import META
     from dynsparse.data import LANGUAGE, load_splits
     from dynsparse.metadata import Columns
     from dynsparse.vocab import prune_vocabulary, used_tokens
+    from dynsparse.writer import META
 
     if (Path(args.output_dir) / META).exists():
         raise InputError(f"{args.output_dir} already holds a checkpoint; choose a new --output_dir")

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dynsparse.errors import InputError
+from dynsparse.export_hf import save_onnx_config, save_transformers
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_sparsity, take_rows
 
@@ -198,8 +199,6 @@ def export_onnx(
     fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
     with _staging(path) as tmp:
         _save_onnx(fixed, tmp / FILES["onnx"], _describe(model, fixed, sparsity, "onnx"))
-        from dynsparse.export_hf import save_onnx_config  # (it imports this module)
-
         save_onnx_config(model, fixed.structure, tmp)  # optimum's ORTModelFor<Task> reads it beside model.onnx
         _save_sidecar(model, fixed, sparsity, "onnx", tmp)
     return Path(path) / FILES["onnx"]
@@ -217,8 +216,6 @@ def export_transformers(
     Raises:
         InputError: a bad sparsity, or `path` not writable.
     """
-    from dynsparse.export_hf import save_transformers  # (it imports this module)
-
     fixed = fixed_size(model, sparsity, depth, language).to("cpu", torch.float32)
     with _staging(path) as tmp:
         stock = save_transformers(model, fixed, tmp, _max_length(model))

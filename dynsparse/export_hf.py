@@ -17,20 +17,24 @@ Either way `AutoModelFor<Task>.from_pretrained(DIR)` (plus `trust_remote_code=Tr
 checkpoint's outputs at s.
 """
 
+from __future__ import annotations
+
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import save_file
 from torch import Tensor
 
-from dynsparse.export import FixedSizeModel
 from dynsparse.hf_config import remote_config, write_remote
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticModel
 from dynsparse.pretrained import name_pairs
 from dynsparse.tasks import task_spec
+
+if TYPE_CHECKING:  # types only: this module is imported by the one it names
+    from dynsparse.export import FixedSizeModel
 
 WEIGHTS = "model.safetensors"
 

@@ -13,16 +13,20 @@ it cannot read:
 Checkpoints written before this (model_type of the base) still load with `dynsparse.load`.
 """
 
+from __future__ import annotations
+
 import copy
 import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynsparse.hf_remote import CLASSES, CODE_FILES, HERE
 from dynsparse.masks import Structure
-from dynsparse.modeling import ElasticModel
+
+if TYPE_CHECKING:  # types only: this module is imported by the one it names
+    from dynsparse.modeling import ElasticModel
 
 REMOTE_TYPE = "dynsparse"
 _OURS = ("base_model_type", "auto_map", "dynsparse", "sparsity", "depth", "architectures")

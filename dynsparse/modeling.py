@@ -314,9 +314,9 @@ class ElasticModel(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
-        """`dynsparse.save(self, path)`, DESIGN.md's `model.save`: the checkpoint module imports this one, so the
-        alias imports it only when called (no import-time cycle)."""
-        from dynsparse.checkpoint import save_checkpoint
+        """`dynsparse.save(self, path)`, DESIGN.md's `model.save` (`dynsparse.writer` names this module for types
+        only: no cycle)."""
+        from dynsparse.writer import save_checkpoint
 
         save_checkpoint(self, path)
 

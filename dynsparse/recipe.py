@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from dynsparse import metadata
-from dynsparse.checkpoint import META, save_checkpoint
 from dynsparse.config import DataArguments, ModelArguments, SparsityArguments, TrainArguments
 from dynsparse.data import Columns, load_split
 from dynsparse.distributed import World, main_first, process_group, resolve_device
@@ -29,6 +28,7 @@ from dynsparse.modeling import ElasticModel
 from dynsparse.pretrained import from_pretrained, load_hf_config
 from dynsparse.tasks import Task, task_class
 from dynsparse.trainer import Trainer
+from dynsparse.writer import META, save_checkpoint
 
 log = logging.getLogger(__name__)
 

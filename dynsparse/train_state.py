@@ -19,9 +19,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from dynsparse.checkpoint import META, WEIGHTS, read_meta, save_checkpoint, sha256_file
+from dynsparse.checkpoint import read_meta
 from dynsparse.errors import CheckpointError, InputError
 from dynsparse.modeling import ElasticModel
+from dynsparse.writer import META, WEIGHTS, save_checkpoint, sha256_file
 
 _STATE_DIR = re.compile(r"^checkpoint-(\d+)$")
 _T = TypeVar("_T")

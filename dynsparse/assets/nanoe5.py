@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from dynsparse.checkpoint import sha256_file
 from dynsparse.errors import InputError
+from dynsparse.writer import sha256_file
 
 log = logging.getLogger(__name__)
 

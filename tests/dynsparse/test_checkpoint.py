@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import dynsparse
-from dynsparse.checkpoint import sha256_file
 from dynsparse.errors import CheckpointError
+from dynsparse.writer import sha256_file
 
 
 @pytest.fixture()
