@@ -29,6 +29,7 @@ from service.openapi import finish_openapi, operation_id
 from service.protocols import error_body, kserve, openai, tei
 from service.protocols.common import TIMING_HEADERS
 from service.protocols.common import describe_errors as _describe
+from service.protocols.kserve_schemas import InferRequest
 from service.settings import Settings, get_settings
 from service.startup import load_in_background
 from service.tracing import RequestContext, request_id_of
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Retry-After", "x-request-id", *TIMING_HEADERS],
         )
     _add_error_handlers(app, metrics)
-    finish_openapi(app, [kserve.InferRequest])
+    finish_openapi(app, [InferRequest])
     if settings.api_key is None:
         _document_no_auth(app)
     return app

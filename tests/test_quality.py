@@ -36,8 +36,6 @@ KNOWN_LARGE: dict[str, int] = {
     "dynsparse.trainer:Trainer": 248,
     "service.batcher:Batcher": 229,
     "service.engine:Engine": 218,
-    "service.protocols.kserve": 480,
-    "service.protocols.tei": 437,
 }
 
 
