@@ -66,6 +66,7 @@ def resolve_defaults(m: ModelArguments, d: DataArguments) -> tuple[ModelArgument
 def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
     """Load and check model, data and teacher; nothing is written yet."""
     assert m.model_name_or_path is not None and d.train_file is not None  # resolve_defaults ran
+    kind = task_class(d.task)  # an unknown --task fails before anything is read
     load_hf_config(m.model_name_or_path)  # a bad path or architecture fails before the data is read
     train_raw = load_split(d.train_file, "training data")
     eval_raw = load_split(d.validation_file, "validation data") if d.validation_file else None
@@ -73,7 +74,6 @@ def setup(m: ModelArguments, d: DataArguments, sp: SparsityArguments) -> Setup:
         train_raw = train_raw.select(range(min(d.max_train_samples, len(train_raw))))
     if eval_raw is not None and d.max_eval_samples:
         eval_raw = eval_raw.select(range(min(d.max_eval_samples, len(eval_raw))))
-    kind = task_class(d.task)
     cols = kind.columns(train_raw, d)
     if eval_raw is not None:
         kind.columns(eval_raw, d)
