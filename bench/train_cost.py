@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import base_parser, device_name, load_model, plt, sync, write_result  # noqa: E402
 
 from dynsparse.config import SparsityArguments, TrainArguments  # noqa: E402
+from dynsparse.sandwich import Batch  # noqa: E402
 from dynsparse.tasks import SequenceClassification  # noqa: E402
-from dynsparse.trainer import Batch, Trainer  # noqa: E402
+from dynsparse.trainer import Trainer  # noqa: E402
 
 
 def _timed(fn, device: str, steps: int) -> float:  # noqa: ANN001
@@ -40,7 +41,7 @@ def _plain_step(trainer: Trainer, batch: Batch) -> None:
     """Plain fine-tuning: one dense forward/backward and an optimizer step, as in transformers' Trainer."""
     model = trainer.model
     model.train()
-    with trainer._autocast():
+    with trainer.sizes.autocast():
         loss = trainer.task.loss(model(**batch.inputs).logits, batch.labels)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

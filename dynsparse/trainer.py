@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +28,20 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from dynsparse.config import SparsityArguments, TrainArguments
-from dynsparse.data import LANGUAGE, group_rows
-from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, sync_gradients, wrap_model
+from dynsparse.data import LANGUAGE
+from dynsparse.distributed import World, average_, gather_objects, resolve_device, shard, wrap_model
 from dynsparse.errors import InputError
 from dynsparse.evaluate import predict_levels
 from dynsparse.importance import magnitude_scores
-from dynsparse.importance_phase import Gates, ImportancePhase, fix_depth_rule, ordering_languages
+from dynsparse.importance_phase import ImportancePhase, fix_depth_rule, ordering_languages
 from dynsparse.metadata import Ordering
 from dynsparse.modeling import ElasticModel
+from dynsparse.sandwich import Batch, SizeStep
 from dynsparse.schedule import batch_indices, sample_depths, sample_sizes, total_steps
 from dynsparse.tasks import Task
 from dynsparse.train_state import TrainerState, load_state, resolve_resume, rng_state, save_state, truncate_log
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Batch:
-    inputs: dict[str, torch.Tensor]
-    labels: torch.Tensor
-    languages: list[str] | None = None  # per row, when orderings are per language
 
 
 class Trainer:
@@ -100,6 +94,10 @@ class Trainer:
             raise InputError(f"--min_depth {sparsity.min_depth} must be below the model's {layers} layers")
         self.languages = ordering_languages(train_ds, sparsity, self.world)
         self.importance = ImportancePhase(model, sparsity, self.world, self.device, self.languages)
+        accum = args.gradient_accumulation_steps
+        self.sizes = SizeStep(
+            model, task, sparsity, self.importance, self.scaler, self.amp_dtype, self.device, accum, teacher
+        )
 
     # -- the loop ------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -176,7 +174,9 @@ class Trainer:
         accum = self.args.gradient_accumulation_steps
         for micro in range(accum):
             batch = self._batch(self.state.step * accum + micro)
-            for s, loss in self._micro_step(batch, sizes, depths, dense_phase, last=micro == accum - 1).items():
+            for s, loss in self.sizes.run(
+                self.wrapped, batch, sizes, depths, dense_phase, last=micro == accum - 1
+            ).items():
                 losses[s] += loss / accum
         losses = _average_losses(self.world, self.device, losses)
         if self.one_shot:  # the weights stay as given: only the importance estimate moves
@@ -196,71 +196,6 @@ class Trainer:
             "grad_norm": round(float(grad_norm), 4),
             "lr": self.scheduler.get_last_lr()[0],
         }
-
-    def _micro_step(
-        self, batch: Batch, sizes: list[float], depths: list[int | None], dense_phase: bool, last: bool
-    ) -> dict[float, float]:
-        """Forward and backward every size (sparsity and depth) on one micro-batch; returns each size's loss.
-
-        Gradients are all-reduced across ranks only in the very last backward of the step (`last` micro-batch,
-        last size); the backwards before it accumulate locally.
-        """
-        scale = 1.0 / self.args.gradient_accumulation_steps
-        gates = self.importance.gates(len(batch.labels)) if dense_phase else Gates()
-        with sync_gradients(self.wrapped, last and len(sizes) == 1):
-            with self._autocast():
-                out = self.wrapped(
-                    **batch.inputs,
-                    sparsity=sizes[0],
-                    head_mask=gates.head,
-                    neuron_mask=gates.neuron,
-                    layer_mask=gates.layer,
-                )
-                loss = self.task.loss(out.logits, batch.labels)
-            self.scaler.scale(loss * scale).backward()
-        if dense_phase:  # fp16: the gates' gradients carry the loss scale, and overflow on some steps
-            loss_scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-            self.importance.update(gates, batch.languages, loss_scale)
-        losses = {sizes[0]: loss.item()}
-        soft = self._teacher_logits(batch, out.logits)
-        return losses | self._sub_sizes(batch, soft, sizes, depths, last)
-
-    def _sub_sizes(
-        self, batch: Batch, soft: torch.Tensor, sizes: list[float], depths: list[int | None], last: bool
-    ) -> dict[float, float]:
-        """Forward and backward the sizes after the densest on a mix of labels and `soft` targets, each language's
-        rows on its own ordering once those are fixed; returns each size's loss."""
-        scale = 1.0 / self.args.gradient_accumulation_steps
-        a, t = self.sp.distill_alpha, self.sp.distill_temperature
-        groups = _language_groups(self.model, batch, self.device)
-        losses: dict[float, float] = {}
-        for i, (s, d) in enumerate(zip(sizes[1:], depths[1:], strict=True), start=2):
-            losses[s] = 0.0
-            for k, (lang, rows, weight) in enumerate(groups):
-                inputs = batch.inputs if rows is None else {key: v[rows] for key, v in batch.inputs.items()}
-                labels, target = (batch.labels, soft) if rows is None else (batch.labels[rows], soft[rows])
-                with sync_gradients(self.wrapped, last and i == len(sizes) and k == len(groups) - 1):
-                    with self._autocast():
-                        logits = self.wrapped(**inputs, sparsity=s, depth=d, language=lang).logits
-                        distill = self.task.distill(logits, target, labels, t)
-                        sub = weight * (a * distill + (1 - a) * self.task.loss(logits, labels))
-                    if rows is not None and not torch.isfinite(sub):  # a language's rows with no labelled token
-                        continue
-                    self.scaler.scale(sub * scale).backward()
-                losses[s] += sub.item()
-        return losses
-
-    def _teacher_logits(self, batch: Batch, dense_logits: torch.Tensor) -> torch.Tensor:
-        if self.teacher is None:
-            return dense_logits.detach().float()  # in-place distillation from this step's dense forward
-        with torch.no_grad(), self._autocast():
-            logits: torch.Tensor = self.teacher(**batch.inputs).logits
-            return logits.float()
-
-    def _autocast(self) -> Any:
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _batch(self, micro_step: int) -> Batch:
         # every rank draws the same global batch and keeps its own slice of it
@@ -354,21 +289,6 @@ def make_optimizer(model: ElasticModel, args: TrainArguments) -> torch.optim.Opt
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=args.learning_rate)
-
-
-def _language_groups(
-    model: ElasticModel, batch: Batch, device: torch.device
-) -> list[tuple[str | None, torch.Tensor | None, float]]:
-    """(language, its rows, its share of the batch) for the sub-sizes: each language runs its own ordering once
-    they are fixed; one group of everything under the shared ordering."""
-    if not model.languages or batch.languages is None:
-        return [(None, None, 1.0)]
-    n, groups = len(batch.languages), group_rows(batch.languages)
-    return [
-        (lang, torch.tensor(groups[lang], device=device), len(groups[lang]) / n)
-        for lang in model.languages
-        if lang in groups
-    ]
 
 
 def _average_losses(world: World, device: torch.device, losses: dict[float, float]) -> dict[float, float]:

@@ -14,12 +14,30 @@ from dynsparse.errors import InputError
 from dynsparse.heads import predict_proba
 from dynsparse.tasks import classification, embedding, qa, tokens
 from dynsparse.tasks.base import Columns, Task, distill_loss
+from dynsparse.tasks.classification import SequenceClassification
+from dynsparse.tasks.embedding import SentenceEmbedding
+from dynsparse.tasks.qa import QuestionAnswering
 from dynsparse.tasks.spec import TaskSpec
+from dynsparse.tasks.tokens import TokenClassification
 
 SPECS: dict[str, TaskSpec] = {s.name: s for s in (classification.SPEC, tokens.SPEC, qa.SPEC, embedding.SPEC)}
 TASKS = tuple(SPECS)  # the task names, as transformers' pipelines and dynsparse.json spell them
 
-__all__ = ["SPECS", "TASKS", "Columns", "Task", "TaskSpec", "distill_loss", "make_task", "predict_proba", "task_spec"]
+__all__ = [
+    "SPECS",
+    "TASKS",
+    "Columns",
+    "QuestionAnswering",
+    "SentenceEmbedding",
+    "SequenceClassification",
+    "Task",
+    "TaskSpec",
+    "TokenClassification",
+    "distill_loss",
+    "make_task",
+    "predict_proba",
+    "task_spec",
+]
 
 
 def task_spec(name: str) -> TaskSpec:
