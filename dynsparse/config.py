@@ -129,10 +129,14 @@ class TrainArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "checkpoint-STEP dir or 'latest'"})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "autocast on GPU"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)"})
-    eval_levels: int = field(default=10, metadata={"help": "levels 0, 0.1, ... up to max_sparsity at the end"})
+    eval_levels: int = field(
+        default=10,
+        metadata={"help": "at most this many levels in the final table: 0, 0.1, ... max_sparsity, thinned evenly"},
+    )
 
     def __post_init__(self) -> None:
         positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+        positive += ("eval_levels",)
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
