@@ -135,8 +135,8 @@ class TrainArguments:
     )
 
     def __post_init__(self) -> None:
-        positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
-        positive += ("eval_levels",)
+        positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
+        positive.append("eval_levels")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
