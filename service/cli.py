@@ -60,6 +60,7 @@ def _quiet_startup_failure(app: FastAPI) -> ASGIApp:
 
 def _passive_openmp() -> None:
     """Restart this command with `OMP_WAIT_POLICY=PASSIVE` unless the variable is set (the operator's value wins).
+    Called as a function (tests, an embedding program) it never restarts.
 
     OpenMP reads it once, when torch loads, so it cannot be changed later in the process. By default its threads
     spin at every barrier; a server's event loop (or any other process) needing the same cores then leaves a
@@ -68,7 +69,7 @@ def _passive_openmp() -> None:
     and `kill` see the same process; it costs one more start of the interpreter."""
     argv = list(getattr(sys, "orig_argv", []))
     command = argv[1:3] == ["-m", "dynsparse.cli"] or (len(argv) > 1 and os.path.basename(argv[1]) == "dynsparse")
-    if os.environ.get("OMP_WAIT_POLICY") or not command:  # called as a function (tests, embedding): never exec
+    if "OMP_WAIT_POLICY" in os.environ or not command:  # the operator's, or not the command
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     sys.stdout.flush()
