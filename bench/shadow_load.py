@@ -2,18 +2,19 @@
 clients; client-side latency percentiles side by side, and the agreement curve it measured against the offline one.
 
 Requests are real review snippets (Rotten Tomatoes, the embedded default's corpus), one each, at sparsity 0, 0.3,
-0.6 or 0.9 drawn at random. Runs alternate (off, on, off, on, ... at each client count) so a loaded machine disturbs
-both alike, and each starts once the other server's idle lane has drained (its shadow re-runs would otherwise run
-during the next measurement). The "on" runs shadow every request served below dense (`shadow_fraction` 1.0: the
-worst case; the default is 0.02). Afterwards the offline twin (`dynsparse.twin.agreement_levels`) prices the same
-texts at the same sizes: the shadow figures should match it.
+0.6 or 0.9 drawn at random. Three servers: "off" (`shadow_fraction` 0), "default" (0.02, the setting's default)
+and "on" (1.0: every request served below dense is shadowed, the worst case). Runs alternate (off, default, on,
+off, ... at each client count) so a loaded machine disturbs all alike, and each starts once the shadowing servers'
+idle lanes have drained (their re-runs would otherwise run during the next measurement). Afterwards the offline
+twin (`dynsparse.twin.agreement_levels`) prices the same texts at the same sizes: the shadow figures should match.
 
     python bench/shadow_load.py --model runs/default --out bench/results/shadow_load [--quick]
 
 Without --model, the embedded MiniLM wrapped as a classifier (natural ordering, an untrained head): its labels
 mean nothing, but what each size costs against dense is measured all the same.
 
-summary.p50_ratio_on_off / p99_ratio_on_off: client p50 / p99 with shadowing on over off (medians of the runs).
+summary.p50_ratio_on_off_C / p99_ratio_on_off_C: client p50 / p99 at C clients with shadowing on (1.0) over off
+(medians of the runs); p50_ratio_default_off_C / p99_ratio_default_off_C the same for the default fraction.
 summary.shadow_compared: shadow re-runs compared; summary.agreement: per size, the shadow agreement and its samples,
 the offline twin's agreement on the same texts, and the checkpoint's offline metric (relative to dense).
 """
@@ -55,18 +56,20 @@ def _sizes(url: str) -> dict[str, Any]:
 def main() -> None:
     args = base_parser(__doc__.splitlines()[0]).parse_args()
     device = device_name(args.device)
-    total, seconds, rounds = (150, 20.0, 2) if args.quick else (400, 30.0, 4)
+    total, seconds, rounds = (150, 20.0, 2) if args.quick else (400, 30.0, 3)
     clients = [1, 8] if args.quick else [1, 8, 32]
     texts = real_sentences(300, seed=1)
-    rows: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    modes = {"off": 0.0, "default": 0.02, "on": 1.0}
+    rows: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = _checkpoint(args.model, Path(tmp))
-        servers = {mode: _serve(ckpt, args.device, f) for mode, f in (("off", 0.0), ("on", 1.0))}
+        servers = {mode: _serve(ckpt, args.device, f) for mode, f in modes.items()}
         try:
             for c in clients:
                 for _ in range(rounds):  # alternate: load on the machine hits both modes alike
-                    for mode in ("off", "on"):
+                    for mode in modes:
                         _drain(servers["on"][1])
+                        _drain(servers["default"][1])
                         rows[mode].append({**run_load(servers[mode][1], c, total, seconds, texts=texts), "mode": mode})
             _drain(servers["on"][1])
             sizes = _sizes(servers["on"][1])
@@ -123,9 +126,10 @@ def _summary(
     out: dict[str, Any] = {"shadow_compared": compared, "agreement_measure": sizes.get("agreement_measure")}
     for c in clients:
         for q in ("p50_ms", "p99_ms"):
-            on = statistics.median(r[q] for r in rows["on"] if r["clients"] == c and r[q] is not None)
             off = statistics.median(r[q] for r in rows["off"] if r["clients"] == c and r[q] is not None)
-            out[f"{q.removesuffix('_ms')}_ratio_on_off_{c}"] = round(on / off, 3)
+            for mode in ("on", "default"):
+                on = statistics.median(r[q] for r in rows[mode] if r["clients"] == c and r[q] is not None)
+                out[f"{q.removesuffix('_ms')}_ratio_{mode}_off_{c}"] = round(on / off, 3)
     key = f"shadow_{sizes.get('agreement_measure')}"
     out["agreement"] = {
         str(lv["sparsity"]): {
@@ -149,17 +153,17 @@ def _plot(
 ) -> None:
     pyplot = plt()
     fig, (ax, bx) = pyplot.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    width = 0.38
-    for k, mode in enumerate(("off", "on")):
+    width = 0.28
+    for k, mode in enumerate(("off", "default", "on")):
         for j, q in enumerate(("p50_ms", "p99_ms")):
             vals = [statistics.median(r[q] for r in rows[mode] if r["clients"] == c) for c in clients]
-            xs = [i * 2 + j + (k - 0.5) * width for i in range(len(clients))]
+            xs = [i * 2 + j + (k - 1) * width for i in range(len(clients))]
             ax.bar(
                 xs,
                 vals,
                 width,
                 label=f"{q[:3]} shadow {mode}",
-                alpha=1.0 if mode == "on" else 0.5,
+                alpha=(0.35, 0.65, 1.0)[k],
                 color="tab:blue" if j == 0 else "tab:red",
             )
     ax.set_xticks([i * 2 + 0.5 for i in range(len(clients))], [f"{c} clients" for c in clients])

@@ -49,3 +49,45 @@ def test_a_checkpoint_failing_in_the_lifespan_exits_2(
     assert main(["serve", str(bad), "--port", "0"]) == 2
     err = capfd.readouterr().err
     assert "checksum does not match" in err and "Traceback" not in err
+
+
+def _serve_environ(ckpt: Path, policy: str | None) -> tuple[str, int]:
+    """Start `dynsparse serve` as an operator would; (its OMP_WAIT_POLICY once ready, /readyz status)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | (
+        {"OMP_WAIT_POLICY": policy} if policy else {}
+    )
+    cmd = [sys.executable, "-m", "dynsparse.cli", "serve", str(ckpt), "--port", str(port), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        status, deadline = 0, time.time() + 120
+        while time.time() < deadline and status != 200 and proc.poll() is None:
+            try:
+                status = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        environ = dict(
+            item.split("=", 1) for item in Path(f"/proc/{proc.pid}/environ").read_text().split("\0") if "=" in item
+        )
+        return environ.get("OMP_WAIT_POLICY", ""), status
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+def test_the_server_waits_passively_unless_the_operator_says(tiny_ckpt: Path) -> None:
+    """OpenMP threads that spin starve the event loop on busy cores (see `service.cli._passive_openmp`): the
+    command restarts itself, same PID, with passive waiting; an operator's own value is kept."""
+    assert _serve_environ(tiny_ckpt, None) == ("PASSIVE", 200)
+    assert _serve_environ(tiny_ckpt, "ACTIVE") == ("ACTIVE", 200)
