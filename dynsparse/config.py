@@ -129,14 +129,14 @@ class TrainArguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "checkpoint-STEP dir or 'latest'"})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(default="no", metadata={"help": "autocast on GPU"})
     device: str | None = field(default=None, metadata={"help": "cuda or cpu (default: cuda when present)"})
-    eval_levels: int = field(
-        default=10,
-        metadata={"help": "at most this many levels in the final table: 0, 0.1, ... max_sparsity, thinned evenly"},
+    eval_levels: int | None = field(
+        default=None,
+        metadata={"help": "at most this many levels in the final table, thinned evenly (default: every level)"},
     )
 
     def __post_init__(self) -> None:
         positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"]
-        positive.append("eval_levels")
+        positive += ["eval_levels"] if self.eval_levels is not None else []
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")

@@ -377,7 +377,9 @@ class ElasticModel(nn.Module):
             structure = self.structure(sparsity, depth, language)
         rows = self.unit_rows(language, structure) if language is not None else None
         mask = None
-        if attention_mask is not None and (_tracing() or not bool(attention_mask.all())):
+        # on CPU an unpadded batch runs without a mask (SDPA's fast path); on GPU that check would cost a sync
+        may_skip = attention_mask is not None and attention_mask.device.type == "cpu" and not _tracing()
+        if attention_mask is not None and not (may_skip and bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): True attends; none without padding
         masked = head_mask is not None or neuron_mask is not None or layer_mask is not None
         packing = Packing.of(attention_mask) if unpad and attention_mask is not None and not masked else None

@@ -83,13 +83,26 @@ def _span_agreement(
     overlapping windows and the best span taken over them, as training's metric and the server's /v1/answer do."""
     device = next(model.parameters()).device
     w = encode_windows(model.tokenizer, [q for q, _ in pairs], [c for _, c in pairs], max_len)
-    batch = {k: v.to(device) for k, v in model.tokenizer.pad(dict(w.encoding), return_tensors="pt").items()}
+    rows_in = dict(w.encoding)
+    slices = [  # long contexts give many windows: at most `len(pairs)` of them per forward
+        {
+            k: v.to(device)
+            for k, v in model.tokenizer.pad(
+                {k: v[lo : lo + len(pairs)] for k, v in rows_in.items()}, return_tensors="pt"
+            ).items()
+        }
+        for lo in range(0, len(w.sample), len(pairs))
+    ]
     windows: list[list[int]] = [[] for _ in pairs]
     for i, j in enumerate(w.sample):
         windows[j].append(i)
 
     def spans(sparsity: float, at_depth: int | None) -> Tensor:
-        logits = model(**batch, sparsity=sparsity, depth=at_depth, unpad=True).logits.float().cpu().numpy()
+        logits = [
+            row
+            for batch in slices
+            for row in model(**batch, sparsity=sparsity, depth=at_depth, unpad=True).logits.float().cpu().numpy()
+        ]
         found = [best_span([logits[i] for i in rows], [w.offsets[i] for i in rows]) for rows in windows]
         return torch.tensor([(-1, -1) if f is None else (f.start, f.end) for f in found])  # (N, 2) characters
 
@@ -146,8 +159,8 @@ _PAIRS = ("text_pair", "sentence2", "context", "passage")  # a second text: a pa
 def twin_texts(raw: Any, task: Any, args: Any) -> tuple[list[Text], bool]:
     """(the texts to compare levels on, whether `raw` is labelled for `task`). Labelled data gives its task's text
     columns (pairs for classification and QA); any other file its text column: `args.text_column`, a usual name,
-    or the first column of strings (or word lists), paired with `args.text_pair_column` or a usual second column
-    (`context` for questions). No text column at all is an `InputError`."""
+    or the first column of strings (or word lists), paired with `args.text_pair_column` (the checkpoint's own pair
+    column by default) or, for questions, a usual context column. No text column at all is an `InputError`."""
     from dynsparse.errors import InputError
 
     try:
@@ -159,8 +172,10 @@ def twin_texts(raw: Any, task: Any, args: Any) -> tuple[list[Text], bool]:
         usual = next((c for c in _TEXTS if c in names), None)
         text, labelled = given or usual or next(iter(_string_columns(raw)), None), False
         pair_given = args.text_pair_column if getattr(args, "text_pair_column", None) in names else None
-        pair = pair_given or next((c for c in _PAIRS if c in names and c != text), None)
-        pair = pair if task.name in ("text-classification", "question-answering") else None  # others: one text
+        guessed = (
+            next((c for c in _PAIRS if c in names and c != text), None) if task.name == "question-answering" else None
+        )
+        pair = (pair_given or guessed) if task.name in ("text-classification", "question-answering") else None
         if text is None:
             raise InputError(
                 f"no text column found (looked for {', '.join(_TEXTS)}); pass --text_column, columns: {names}"

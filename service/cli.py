@@ -61,14 +61,18 @@ def _passive_openmp() -> None:
     spinning thread waiting for a descheduled one, a scheduler slice per operator: on 2 cores shared with other
     work a one-sentence request took 597 ms, and 14 ms with passive waiting. The PID stays (exec), so supervisors
     and `kill` see the same process; it costs one more start of the interpreter."""
-    argv = list(getattr(sys, "orig_argv", []))
-    command = argv[1:3] == ["-m", "dynsparse.cli"] or (len(argv) > 1 and os.path.basename(argv[1]) == "dynsparse")
-    if "OMP_WAIT_POLICY" in os.environ or not command:  # the operator's, or not the command
+    argv = list(getattr(sys, "orig_argv", []))  # the interpreter's own flags (-u, -X ...) included
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    command = getattr(spec, "name", None) == "dynsparse.cli" or os.path.basename(sys.argv[0]) == "dynsparse"
+    if "OMP_WAIT_POLICY" in os.environ or not command or len(argv) < 2:  # the operator's, or not the command
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, *argv[1:]])
+    try:
+        os.execv(sys.executable, [sys.executable, *argv[1:]])
+    except OSError as e:  # serve on, with OpenMP's default waiting
+        log.warning("could not restart with OMP_WAIT_POLICY=PASSIVE (%s); OpenMP threads will spin", e)
 
 
 def serve(args: argparse.Namespace) -> None:

@@ -35,7 +35,7 @@ class RequestGuard:
             await self._reject(scope, receive, send)
             return
         if scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, _then_sent(scope, send))
             return
         media = _media_type(scope)
         if media is not None and not _is_json(media, scope["path"]):

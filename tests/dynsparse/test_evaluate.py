@@ -19,6 +19,7 @@ def test_table_has_a_row_per_level() -> None:
 def test_trained_levels_cover_the_range_and_thin_to_a_count() -> None:
     assert trained_levels(0.0, 0.9) == default_levels(0.9)
     assert trained_levels(0.25, 0.9) == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    assert trained_levels(0.0, 0.9, 10) == default_levels(0.9)  # the default --eval_levels changes nothing
+    assert trained_levels(0.0, 0.9, 10) == default_levels(0.9)
+    assert trained_levels(0.0, 0.95) == default_levels(0.95) and len(default_levels(0.95)) == 11  # default: all
     assert trained_levels(0.0, 0.9, 2) == [0.0, 0.9] and trained_levels(0.0, 0.9, 4) == [0.0, 0.3, 0.6, 0.9]
     assert thin([0.0, 0.5], 1) == [0.0]
