@@ -81,17 +81,10 @@ def _span_agreement(
 ) -> dict[float, Tensor]:
     """Per level, (N,) 1.0 where a (question, context) pair's best span is the dense one's. Contexts are cut in
     overlapping windows and the best span taken over them, as training's metric and the server's /v1/answer do."""
-    device = next(model.parameters()).device
     w = encode_windows(model.tokenizer, [q for q, _ in pairs], [c for _, c in pairs], max_len)
-    rows_in = dict(w.encoding)
-    slices = [  # long contexts give many windows: at most `len(pairs)` of them per forward
-        {
-            k: v.to(device)
-            for k, v in model.tokenizer.pad(
-                {k: v[lo : lo + len(pairs)] for k, v in rows_in.items()}, return_tensors="pt"
-            ).items()
-        }
-        for lo in range(0, len(w.sample), len(pairs))
+    encoded, size = dict(w.encoding), len(pairs)  # long contexts give many windows: at most `size` per forward
+    slices = [
+        _padded(model, {k: v[lo : lo + size] for k, v in encoded.items()}) for lo in range(0, len(w.sample), size)
     ]
     windows: list[list[int]] = [[] for _ in pairs]
     for i, j in enumerate(w.sample):
@@ -108,6 +101,12 @@ def _span_agreement(
 
     dense = spans(0.0, None)
     return {s: span_agreement(spans(s, depth), dense) for s in levels}
+
+
+def _padded(model: ElasticModel, rows: dict[str, Any]) -> dict[str, Tensor]:
+    """Token rows as one padded batch on the model's device."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in model.tokenizer.pad(rows, return_tensors="pt").items()}
 
 
 def _encode(model: ElasticModel, texts: Sequence[Text], max_len: int) -> tuple[dict[str, Tensor], Tensor | None]:
