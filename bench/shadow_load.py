@@ -91,8 +91,7 @@ def _drain(url: str, quiet_s: float = 1.0, limit_s: float = 60.0) -> None:
     `quiet_s`, at most `limit_s`."""
     last, since, deadline = -1.0, time.monotonic(), time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        lines = httpx.get(url + "/metrics", timeout=30).text.splitlines()
-        seen = sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith("dynsparse_shadow_jobs_total{"))
+        seen = _metric(url, "dynsparse_shadow_jobs_total{")  # every outcome
         if seen != last:
             last, since = seen, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
@@ -110,10 +109,9 @@ def _twin(ckpt: str, texts: list[str], levels: list[float]) -> dict[float, float
 
 
 def _metric(url: str, line_start: str) -> float:
-    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    """The sum of the server's samples whose line starts with `line_start` (0 when none)."""
+    lines = httpx.get(url + "/metrics", timeout=30).text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(line_start))
 
 
 def _summary(
