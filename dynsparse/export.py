@@ -41,8 +41,10 @@ from torch import Tensor, nn
 
 from dynsparse.errors import InputError
 from dynsparse.export_hf import save_onnx_config, save_transformers
+from dynsparse.layers import ElasticLayer, UnitRows, take_rows
 from dynsparse.masks import Structure
-from dynsparse.modeling import ElasticLayer, ElasticModel, UnitRows, check_sparsity, take_rows
+from dynsparse.modeling import ElasticModel
+from dynsparse.orderings import check_sparsity
 
 ExportFormat = Literal["onnx", "torch", "transformers"]
 FORMATS: tuple[ExportFormat, ...] = ("onnx", "torch", "transformers")

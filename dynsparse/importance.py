@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from dynsparse.data import group_rows
-from dynsparse.modeling import ElasticLayer, ElasticModel
+from dynsparse.layers import ElasticLayer
+from dynsparse.modeling import ElasticModel
 
 
 @torch.no_grad()

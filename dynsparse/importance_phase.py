@@ -21,7 +21,8 @@ from dynsparse.data import LANGUAGE
 from dynsparse.distributed import World, average_
 from dynsparse.errors import InputError
 from dynsparse.importance import LanguageScorer, LearnedScorer, Scorer, TaylorScorer
-from dynsparse.modeling import ElasticModel, every_other
+from dynsparse.modeling import ElasticModel
+from dynsparse.orderings import every_other
 from dynsparse.rewire import rewire
 
 log = logging.getLogger(__name__)

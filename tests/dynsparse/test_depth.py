@@ -12,7 +12,7 @@ from conftest import make_tiny, train_tiny
 import dynsparse
 from dynsparse.errors import CheckpointError, InputError
 from dynsparse.export import export
-from dynsparse.modeling import every_other
+from dynsparse.orderings import every_other
 
 IDS = torch.tensor([[3, 10, 11, 12, 13, 4], [3, 20, 21, 4, 0, 0]])
 MASK = (IDS != 0).long()
