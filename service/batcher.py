@@ -13,17 +13,16 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
 from service.codec import Endpoint, Item
-from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
+from service.errors import NotReady, Overloaded, ServiceError
+from service.jobs import Job, JobKey, JobQueue, backlog_ms, settle
 from service.lane import IdleLane
 from service.metrics import Metrics, size_label
 from service.planner import Calibration
@@ -37,42 +36,6 @@ class Runner(Protocol):
     def run(
         self, task: Endpoint, structure: Structure, groups: Sequence[Sequence[Item]], language: str | None
     ) -> list[list[Any] | InputError]: ...
-
-
-JobKey = tuple[Endpoint, Structure, str | None]  # (task, structure, language): what jobs must share to share a batch
-
-
-def _new_future() -> "asyncio.Future[list[Any]]":
-    return asyncio.get_running_loop().create_future()
-
-
-@dataclass(eq=False)
-class Job:
-    """One request's work: its inputs at one size and ordering, with its deadline and its predicted cost."""
-
-    task: Endpoint
-    items: Sequence[Item]
-    sparsity: float
-    structure: Structure  # the grouping key: equal structures run as one slice (layers of depth 0 skipped)
-    deadline: float  # time.monotonic() after which the result is useless
-    language: str | None = None  # a per-language ordering (None: the shared one); also part of the key
-    cost_ms: float = 0.0  # predicted time its rows add to the batch it runs in
-    overhead_ms: float = 0.0  # predicted time of a batch of its size besides the rows: paid once per batch
-    expected_ms: float | None = None  # time to result predicted at admission (what calibrates `latency`)
-    arrived: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    inference_ms: float = 0.0
-    tokens: int = 0  # its rows' tokens, when the runner reports them (`Engine.last_run`)
-    tokenize_ms: float = 0.0  # its batch's tokenizer time (shared by the batch)
-    idle: bool = False  # low-priority work of the idle lane (a shadow re-run), not a client's request
-    keep_rows: bool = False  # keep each item's row outputs in `rows` (before decoding) for shadow agreement
-    rows: list[Any] | None = None
-    future: "asyncio.Future[list[Any]]" = field(default_factory=_new_future)
-
-    @property
-    def key(self) -> JobKey:
-        """Jobs with equal keys may share a batch."""
-        return self.task, self.structure, self.language
 
 
 class Batcher:
@@ -102,7 +65,7 @@ class Batcher:
         self.degrade_at = degrade_at
         self.metrics = metrics or Metrics()
         self.calibration = calibration or Calibration()
-        self._queue: deque[Job] = deque()
+        self._queue = JobQueue(self.metrics.queue_depth.set)
         self.lane = lane if lane is not None else IdleLane(limit=0)  # off unless given: see `submit_idle`
         self._busy_until = 0.0  # predicted end of the running batch (monotonic seconds)
         self._wake = asyncio.Event()
@@ -157,7 +120,6 @@ class Batcher:
             retry = math.ceil(self.wait_estimate_ms() / 1000)
             raise Overloaded(f"the queue is full ({self.queue_limit} requests waiting); retry later", retry)
         self._queue.append(job)
-        self.metrics.queue_depth.set(self.queue_length)
         self._wake.set()
 
     def submit_idle(self, job: Job) -> bool:
@@ -178,16 +140,15 @@ class Batcher:
                     await self._run(idle)
                 continue
             await self._fill(head)
-            batch = self._take(head.key)
+            batch = self._queue.take(head.key, self.max_batch_size)
             if batch:
                 await self._run(batch)
 
     async def _next_head(self) -> Job | None:
         """The oldest live job, waiting for one; None once closing with nothing left."""
         while True:
-            self._drop_dead()
-            if self._queue:
-                return self._queue[0]
+            if (head := self._queue.head()) is not None:
+                return head
             if self._closing:
                 return None
             self._wake.clear()
@@ -203,7 +164,7 @@ class Batcher:
 
     async def _fill(self, head: Job) -> None:
         """Let `head`'s group fill up until `batch_wait_ms` after `head` arrived (or until it is full)."""
-        while self._group_size(head.key) < self.max_batch_size and not self._closing:
+        while self._queue.group_size(head.key) < self.max_batch_size and not self._closing:
             remaining = head.arrived + self.batch_wait_s - time.monotonic()
             if remaining <= 0:
                 return
@@ -212,40 +173,6 @@ class Batcher:
                 await asyncio.wait_for(self._wake.wait(), remaining)
             except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11 (an alias since)
                 return
-
-    def _group_size(self, key: JobKey) -> int:
-        return sum(len(j.items) for j in self._queue if j.key == key)
-
-    def _take(self, key: JobKey) -> list[Job]:
-        """The oldest jobs of one group, up to the max batch size (a bigger single request runs alone)."""
-        self._drop_dead()
-        batch: list[Job] = []
-        n = 0
-        for job in self._queue:
-            if job.key != key:
-                continue
-            if batch and n + len(job.items) > self.max_batch_size:
-                break
-            batch.append(job)
-            n += len(job.items)
-        self._remove(batch)
-        return batch
-
-    def _drop_dead(self) -> None:
-        """Forget jobs whose client gave up (deadline or disconnect): dropped work costs nothing."""
-        now = time.monotonic()
-        dead = [j for j in self._queue if j.future.done() or j.deadline <= now]
-        for job in dead:
-            if not job.future.done():
-                job.future.set_exception(DeadlineExceeded("the request outlived its deadline while queued"))
-        self._remove(dead)
-
-    def _remove(self, jobs: list[Job]) -> None:
-        if not jobs:
-            return
-        gone = set(map(id, jobs))
-        self._queue = deque(j for j in self._queue if id(j) not in gone)
-        self.metrics.queue_depth.set(self.queue_length)
 
     async def _run(self, batch: list[Job]) -> None:
         """Run one batch on the worker; settle every job (a failure fails this batch, never the server)."""
@@ -287,7 +214,7 @@ class Batcher:
             job.rows = rows
             if len(tokens) == len(batch):
                 job.tokens, job.tokenize_ms = tokens[k], float(getattr(stats, "tokenize_ms", 0.0))
-            _settle(job, result)
+            settle(job, result)
 
     def _calibrate(self, batch: list[Job], elapsed_ms: float, predicted_ms: float) -> None:
         """Learn the device's speed from a finished batch (on the event loop, like every calibration update)."""
@@ -303,28 +230,4 @@ class Batcher:
 
     def queued_keys(self) -> set[JobKey]:
         """Groups with a batch queued: a job joining one adds only its rows to the backlog."""
-        return {j.key for j in self._queue}
-
-
-def backlog_ms(jobs: Iterable[Job], max_batch_size: int) -> float:
-    """Predicted (uncalibrated) time to run `jobs`: every job's rows, plus one batch overhead per batch each
-    group needs: jobs of different sizes never share a batch, so a mixed queue runs as several."""
-    rows: dict[JobKey, int] = {}
-    overhead: dict[JobKey, float] = {}
-    total = 0.0
-    for job in jobs:
-        rows[job.key] = rows.get(job.key, 0) + len(job.items)
-        overhead[job.key] = max(overhead.get(job.key, 0.0), job.overhead_ms)
-        total += job.cost_ms
-    return total + sum(overhead[k] * math.ceil(n / max_batch_size) for k, n in rows.items())
-
-
-def _settle(job: Job, result: list[Any] | Exception) -> None:
-    if job.future.done():  # its client left while it ran: the result is dropped
-        return
-    if isinstance(result, InputError):
-        job.future.set_exception(BadInput(str(result)))
-    elif isinstance(result, Exception):
-        job.future.set_exception(result)
-    else:
-        job.future.set_result(result)
+        return self._queue.keys()

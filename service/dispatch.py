@@ -15,9 +15,9 @@ from fastapi import Request
 
 from dynsparse.errors import InputError
 from dynsparse.masks import layers_kept
-from service.batcher import Job, JobKey
 from service.codec import Endpoint, Item
 from service.errors import BadInput, ClientGone, DeadlineExceeded
+from service.jobs import Job, JobKey
 from service.metrics import size_label
 from service.runtime import Runtime
 from service.schemas import SizedRequest

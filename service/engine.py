@@ -202,7 +202,7 @@ class Engine:
         for group in groups:
             mine = encoded[start : start + len(group)]
             start += len(group)
-            error = self._reject(mine)
+            error = reject(mine, self.max_tokens, self.max_rows, self.window)
             results.append(error if error is not None else [])
             tokens.append(sum(len(r.ids) for e in mine if isinstance(e, Encoded) for r in e.rows))
             if error is None:
@@ -221,20 +221,6 @@ class Engine:
         self.last_run = RunStats(tokens, tokenize_ms)
         return results, kept
 
-    def _reject(self, encoded: Sequence[Encoded | InputError]) -> InputError | None:
-        """Why one request cannot run: an input the codec refused, one over the token limit, too many windows."""
-        for k, e in enumerate(encoded):
-            if isinstance(e, InputError):
-                return InputError(f"inputs[{k}] {e}")
-            if any(len(row.ids) > self.max_tokens for row in e.rows):
-                return InputError(f"inputs[{k}] is longer than {self.max_tokens} tokens")
-        rows = sum(len(e.rows) for e in encoded if isinstance(e, Encoded))
-        if rows > self.max_rows:  # only long contexts make several rows: one per window
-            return InputError(
-                f"the contexts make {rows} windows of {self.window} tokens; at most {self.max_rows} per request"
-            )
-        return None
-
     def _forward(self, codec: Codec, structure: Structure, language: str | None, rows: list[Row]) -> list[Any]:
         """Outputs in row order; chunks of similar length so little compute goes to padding."""
         order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))
@@ -247,7 +233,7 @@ class Engine:
         return out
 
     def _run_chunk(self, codec: Codec, structure: Structure, language: str | None, rows: list[Row]) -> list[Any]:
-        ids, mask, types = self._collate(rows)
+        ids, mask, types = collate(rows, self.tokenizer.pad_token_id or 0, self.device)
         if codec.uses_head:
             out = self.model(
                 input_ids=ids,
@@ -260,25 +246,6 @@ class Engine:
         else:
             out = self.model.encode(ids, mask, types, structure=structure, language=language, unpad=True)  # (B, T, H)
         return codec.reduce(out, mask)
-
-    def _collate(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Right-padded (B, T) tensors, moved to the device once per chunk (never per request)."""
-        width = max(len(r.ids) for r in rows)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([r.ids + [pad] * (width - len(r.ids)) for r in rows])  # (B, T)
-        mask = torch.tensor([[1] * len(r.ids) + [0] * (width - len(r.ids)) for r in rows])  # (B, T)
-        types = None
-        if any(r.types for r in rows):  # text pairs: segment ids; single texts are all segment 0
-            types = self._to_device(
-                torch.tensor([(r.types or [0] * len(r.ids)) + [0] * (width - len(r.ids)) for r in rows])
-            )
-        return self._to_device(ids), self._to_device(mask), types
-
-    def _to_device(self, t: Tensor) -> Tensor:
-        """On a GPU, through page-locked memory: the copy runs asynchronously instead of staging first."""
-        if self.device.type != "cuda":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
 
     def warmup(self, sparsities: Sequence[float]) -> None:
         """One small batch per size and task, so first requests pay no lazy initialisation."""
@@ -301,3 +268,37 @@ class Engine:
             for t in lens
         )
         return LatencyProfile(self.device_name, points)
+
+
+def reject(encoded: Sequence[Encoded | InputError], max_tokens: int, max_rows: int, window: int) -> InputError | None:
+    """Why one request cannot run: an input the codec refused, one over the token limit, too many windows."""
+    for k, e in enumerate(encoded):
+        if isinstance(e, InputError):
+            return InputError(f"inputs[{k}] {e}")
+        if any(len(row.ids) > max_tokens for row in e.rows):
+            return InputError(f"inputs[{k}] is longer than {max_tokens} tokens")
+    rows = sum(len(e.rows) for e in encoded if isinstance(e, Encoded))
+    if rows > max_rows:  # only long contexts make several rows: one per window
+        return InputError(f"the contexts make {rows} windows of {window} tokens; at most {max_rows} per request")
+    return None
+
+
+def collate(rows: list[Row], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Right-padded (B, T) ids, mask and (text pairs only) segment ids, moved to `device` once per chunk (never
+    per request)."""
+    width = max(len(r.ids) for r in rows)
+    ids = torch.tensor([r.ids + [pad_id] * (width - len(r.ids)) for r in rows])  # (B, T)
+    mask = torch.tensor([[1] * len(r.ids) + [0] * (width - len(r.ids)) for r in rows])  # (B, T)
+    types = None
+    if any(r.types for r in rows):  # text pairs: segment ids; single texts are all segment 0
+        types = to_device(
+            torch.tensor([(r.types or [0] * len(r.ids)) + [0] * (width - len(r.ids)) for r in rows]), device
+        )
+    return to_device(ids, device), to_device(mask, device), types
+
+
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """On a GPU, through page-locked memory: the copy runs asynchronously instead of staging first."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)

@@ -17,7 +17,7 @@ from service.errors import NotReady
 
 
 class IdleLane:
-    """A bounded queue of jobs (`service.batcher.Job`) run only when the server is otherwise idle.
+    """A bounded queue of jobs (`service.jobs.Job`) run only when the server is otherwise idle.
 
     Example:
         >>> lane = IdleLane(limit=64, batch_items=4, idle_ms=5)

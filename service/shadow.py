@@ -27,8 +27,9 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from dynsparse.agreement import cosine_to_dense, label_agreement, span_agreement, token_agreement
-from service.batcher import Batcher, Job
+from service.batcher import Batcher
 from service.codec import Endpoint
+from service.jobs import Job
 from service.metrics import size_label
 
 log = logging.getLogger(__name__)

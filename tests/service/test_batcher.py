@@ -10,9 +10,10 @@ import pytest
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
-from service.batcher import Batcher, Job
+from service.batcher import Batcher
 from service.engine import Endpoint, Item
 from service.errors import BadInput, DeadlineExceeded, NotReady, Overloaded, ServiceError
+from service.jobs import Job
 
 pytestmark = pytest.mark.anyio  # async tests on asyncio (anyio's pytest plugin)
 

@@ -10,7 +10,8 @@ from test_batcher import FakeRunner
 from test_planner import make_profile
 
 from dynsparse.masks import Structure
-from service.batcher import Batcher, Job, backlog_ms
+from service.batcher import Batcher
+from service.jobs import Job, backlog_ms
 from service.metrics import Metrics
 from service.planner import Calibration, Correction, Planner, TailResidual
 

@@ -10,9 +10,10 @@ import pytest
 
 from dynsparse.errors import InputError
 from dynsparse.masks import Structure
-from service.batcher import Batcher, Job
+from service.batcher import Batcher
 from service.codec import Endpoint, Item
 from service.errors import NotReady
+from service.jobs import Job
 from service.lane import IdleLane
 
 pytestmark = pytest.mark.anyio
