@@ -37,6 +37,7 @@ from service.codec import (
 )
 from service.planner import LatencyProfile, ProfilePoint
 from service.settings import Settings
+from service.threads import ThreadPlan
 
 __all__ = ["Engine", "Item", "LabelScore", "Endpoint", "default_batch_wait_ms", "pick_device", "pick_dtype"]
 
@@ -95,9 +96,16 @@ class Engine:
     """
 
     def __init__(
-        self, model: ElasticModel, max_batch_size: int, max_tokens: int, dtype: torch.dtype, max_rows: int = 64
+        self,
+        model: ElasticModel,
+        max_batch_size: int,
+        max_tokens: int,
+        dtype: torch.dtype,
+        max_rows: int = 64,
+        threads: ThreadPlan | None = None,
     ) -> None:
         self.model = model.eval()
+        self.threads = threads  # None: torch's thread count as it is (always on CUDA)
         self.device = next(model.parameters()).device
         self.dtype = dtype
         cast_model(model, dtype)  # parameters only: the importance buffers keep full precision
@@ -127,9 +135,11 @@ class Engine:
         """Load `settings.checkpoint` on the configured device and dtype (`InputError` if it cannot)."""
         device = pick_device(settings.device)
         dtype = pick_dtype(settings.dtype, device)
-        torch.set_num_threads(settings.torch_threads or _default_threads())
+        threads = settings.torch_threads or _default_threads()
+        torch.set_num_threads(threads)
         model = dynsparse.load(str(settings.checkpoint), device=str(device))
-        return cls(model, settings.max_batch_size, settings.max_tokens, dtype, max_rows=settings.max_inputs)
+        plan = ThreadPlan(threads, settings.single_thread_below, model.shape) if device.type == "cpu" else None
+        return cls(model, settings.max_batch_size, settings.max_tokens, dtype, settings.max_inputs, plan)
 
     @property
     def device_name(self) -> str:
@@ -137,7 +147,7 @@ class Engine:
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
         else:
-            n = torch.get_num_threads()
+            n = self.threads.threads if self.threads is not None else torch.get_num_threads()
             name = f"cpu ({n} thread{'s' if n > 1 else ''})"
         return f"{name}, {str(self.dtype).removeprefix('torch.')}"
 
@@ -234,6 +244,8 @@ class Engine:
 
     def _run_chunk(self, codec: Codec, structure: Structure, language: str | None, rows: list[Row]) -> list[Any]:
         ids, mask, types = collate(rows, self.tokenizer.pad_token_id or 0, self.device)
+        if self.threads is not None:
+            self.threads.apply(sum(len(r.ids) for r in rows), structure)
         if codec.uses_head:
             out = self.model(
                 input_ids=ids,
@@ -256,18 +268,14 @@ class Engine:
     def profile(self, levels: Sequence[float], batches: Sequence[int], seq_lens: Sequence[int]) -> LatencyProfile:
         """Measure median forward latency on this device over the grid (kept short: a startup cost)."""
         lens = sorted({min(t, self.max_tokens) for t in seq_lens})
-        points = tuple(
-            ProfilePoint(
-                s,
-                b,
-                t,
-                round(measure_latency(self.model, s, b, t, min_repeats=3, min_seconds=0.1, warmup=1), 4),
-            )
-            for s in levels
-            for b in batches
-            for t in lens
-        )
+        points = tuple(ProfilePoint(s, b, t, self._measure(s, b, t)) for s in levels for b in batches for t in lens)
         return LatencyProfile(self.device_name, points)
+
+    def _measure(self, sparsity: float, batch: int, seq_len: int) -> float:
+        """One profile point, on the thread count a batch of that shape is served with."""
+        if self.threads is not None:
+            self.threads.apply(batch * seq_len, self.structure(sparsity))
+        return round(measure_latency(self.model, sparsity, batch, seq_len, min_repeats=3, min_seconds=0.1, warmup=1), 4)
 
 
 def reject(encoded: Sequence[Encoded | InputError], max_tokens: int, max_rows: int, window: int) -> InputError | None:

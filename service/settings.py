@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         "else float32 (see dynsparse.precision)",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: every usable core")
+    single_thread_below: int = Field(
+        256,
+        ge=0,
+        description="CPU: a batch under this many real tokens times the share of the weights its size keeps runs "
+        "on one thread (waking the others costs more than they give back); 0: always torch_threads",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     # -- sizes
