@@ -27,7 +27,7 @@ def test_kept_share_follows_the_structure(reference: dynsparse.ElasticModel) -> 
     assert plan.kept(reference.structure(0.0)) == 1.0
     shares = [plan.kept(reference.structure(s)) for s in (0.0, 0.5, 0.9)]
     assert shares == sorted(shares, reverse=True) and 0.4 < shares[1] < 0.6
-    assert plan.kept([(0, 0)] * reference.shape.layers) == 0.0  # every layer dropped by depth
+    assert plan.kept(((0, 0),) * reference.shape.layers) == 0.0  # every layer dropped by depth
 
 
 def test_the_engine_runs_each_batch_on_its_thread_count(make_settings: Callable[..., Settings]) -> None:
