@@ -47,8 +47,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(ckpt: str, device: str, max_batch: int) -> tuple[subprocess.Popen[bytes], str]:
-    """`dynsparse serve` in a subprocess; returns once /readyz answers 200."""
+def start_server(
+    ckpt: str, device: str, max_batch: int, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`dynsparse serve` in a subprocess (`extra_env`: more settings); returns once /readyz answers 200."""
     port = _free_port()
     env = {
         **os.environ,
@@ -56,6 +58,7 @@ def start_server(ckpt: str, device: str, max_batch: int) -> tuple[subprocess.Pop
         "DYNSPARSE_QUEUE_LIMIT": "1024",
         "DYNSPARSE_LOG_LEVEL": "warning",
         "DYNSPARSE_DEGRADE_AT": "null",
+        **(extra_env or {}),
     }
     cmd = [sys.executable, "-m", "dynsparse.cli", "serve", ckpt, "--port", str(port), "--device", device]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

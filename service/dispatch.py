@@ -42,6 +42,7 @@ async def dispatch(rt: Runtime, request: Request, task: Endpoint, body: SizedReq
     depth, language = _depth_and_language(rt, body)
     choice = rt.policy.select(body.sparsity, body.size, body.latency_budget_ms)
     rows, seq_len = _workload(rt, task, body.inputs)
+    rt.planner.calibration.arrivals.note(time.monotonic())
     wait_ms, queued = rt.batcher.wait_estimate_ms(), rt.batcher.queued_keys()
     joinable = _joinable(rt, queued, task, depth, language) if choice.budget_ms is not None else frozenset()
     # an operator's default budget is planned at full depth: with a depth, an upper bound of the latency
@@ -167,12 +168,13 @@ def _size_for(
     cands = rt.policy.candidates()
     allowed = rt.floor.allowed(cands) if rt.floor is not None else cands
     if choice.budget_ms is not None:
-        plan = rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, allowed, joinable)
+        rate = rt.planner.calibration.arrivals.per_s(time.monotonic())
+        budget = max(0.0, choice.budget_ms - rt.settings.budget_overhead_ms)  # the server's share of the budget
+        plan = rt.planner.pick(budget, wait_ms, n_inputs, seq_len, allowed, joinable, rate)
         sparsity, reason = plan.sparsity, "budget"
         if (
             len(allowed) < len(cands)
-            and sparsity
-            < rt.planner.pick(choice.budget_ms, wait_ms, n_inputs, seq_len, cands, joinable).sparsity - 1e-9
+            and sparsity < rt.planner.pick(budget, wait_ms, n_inputs, seq_len, cands, joinable, rate).sparsity - 1e-9
         ):
             reason = "floor"  # the budget alone would have gone smaller
     else:

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     budget_quantile: float = Field(
         0.99, ge=0.5, lt=1, description="share of latency budgets to plan for (the quantile of recent mispredictions)"
     )
+    budget_overhead_ms: float = Field(
+        0.0, ge=0, description="ms of each budget spent outside the server (network, client): planned without"
+    )
 
     # -- quality: shadow agreement with the dense size, a floor for budgets and overload, SLO goodput
     shadow_fraction: float = Field(

@@ -13,7 +13,7 @@ from dynsparse.masks import Structure
 from service.batcher import Batcher
 from service.jobs import Job, backlog_ms
 from service.metrics import Metrics
-from service.planner import Calibration, Correction, Planner, TailResidual
+from service.planner import ArrivalRate, Calibration, Correction, Planner, TailResidual
 
 pytestmark = pytest.mark.anyio
 
@@ -148,6 +148,33 @@ def test_joining_a_queued_batch_costs_only_its_rows() -> None:
     budget = (alone + joined) / 2  # the dense size fits only by joining the dense batch already queued
     assert planner.pick(budget, 5.0, 1, 16, [0.0, 0.9]).sparsity == 0.9
     assert planner.pick(budget, 5.0, 1, 16, [0.0, 0.9], joinable={0.0}).sparsity == 0.0
+
+
+def test_under_frequent_arrivals_a_budget_leaves_room_for_the_request_behind() -> None:
+    """A batch cannot be interrupted: a request arriving as it starts waits all of it, then needs the smallest
+    size's time. Dense fits this budget alone but not with that behind it."""
+    planner = Planner(make_profile(), max_batch_size=8, max_tokens=128)
+    candidates = [0.0, 0.3, 0.6, 0.9]
+    dense, smallest = planner.predict_ms(0.0, 1, 16), planner.predict_ms(0.9, 1, 16)
+    budget = dense + 0.5 * smallest
+    assert planner.pick(budget, 0.0, 1, 16, candidates, arrivals_per_s=1.0).sparsity == 0.0  # 0.2% land in it
+    plan = planner.pick(budget, 0.0, 1, 16, candidates, arrivals_per_s=100.0)  # 20% would
+    assert plan.fits and plan.sparsity == 0.6
+    assert planner.predict_ms(0.6, 1, 16) + smallest <= budget < planner.predict_ms(0.3, 1, 16) + smallest
+    tight = smallest * 1.5  # not even the smallest leaves room: the smallest that fits, still a fit
+    assert planner.pick(tight, 0.0, 1, 16, candidates, arrivals_per_s=100.0) == planner.pick(tight, 0.0, 1, 16, [0.9])
+
+
+def test_the_arrival_rate_counts_recent_requests_and_ignores_a_lone_one() -> None:
+    rate = ArrivalRate(window_s=5.0)
+    assert rate.per_s(100.0) == 0.0
+    rate.note(100.0)
+    assert rate.per_s(100.0) == 0.0  # one request after a quiet spell is no traffic
+    for k in range(1, 21):
+        rate.note(100.0 + k * 0.1)
+    assert rate.per_s(102.0) == pytest.approx(10.0)
+    assert rate.per_s(106.55) == pytest.approx(4 / 4.95)  # the last 5 s hold 5 arrivals, the oldest 4.95 s ago
+    assert rate.per_s(200.0) == 0.0
 
 
 async def test_the_backlog_counts_one_batch_per_distinct_size_queued() -> None:
