@@ -100,7 +100,7 @@ def _add_quality(rt: Runtime) -> None:
         book,
         rt.batcher,
         rt.engine.structure,
-        rt.planner.cost_ms,
+        rt.planner,
         timeout_s=s.request_timeout_s,
     )
     levels = [dict(r) for r in meta.levels]

@@ -31,6 +31,7 @@ from service.batcher import Batcher
 from service.codec import Endpoint
 from service.jobs import Job
 from service.metrics import size_label
+from service.planner import Planner
 
 log = logging.getLogger(__name__)
 DENSE = 0.0
@@ -126,7 +127,7 @@ class Shadow:
     """Picks the requests to shadow and runs their dense re-runs in the batcher's idle lane.
 
     Example:
-        >>> shadow = Shadow(0.02, 4, book, batcher, engine.structure, planner.cost_ms, timeout_s=30)
+        >>> shadow = Shadow(0.02, 4, book, batcher, engine.structure, planner, timeout_s=30)
         >>> if shadow.wants(job.sparsity, full_depth=True, language=None): job.keep_rows = task == "tokens"
         >>> shadow.follow("classify", job, outputs, seq_len)      # after the request is answered
     """
@@ -138,12 +139,12 @@ class Shadow:
         book: AgreementBook,
         batcher: Batcher,
         structure: Any,
-        cost_ms: Any,
+        planner: Planner,
         timeout_s: float,
         seed: int | None = None,
     ) -> None:
         self.fraction, self.inputs, self.book, self.batcher = fraction, inputs, book, batcher
-        self._structure, self._cost_ms, self.timeout_s = structure, cost_ms, timeout_s
+        self._structure, self._planner, self.timeout_s = structure, planner, timeout_s
         self._rng = random.Random(seed)
         self._pending: set[asyncio.Task[None]] = set()
         batcher.lane.on_drop = lambda reason: book.jobs.labels(f"dropped_{reason}").inc()
@@ -168,7 +169,8 @@ class Shadow:
             DENSE,
             self._structure(DENSE),
             deadline=time.monotonic() + self.timeout_s,
-            cost_ms=self._cost_ms(DENSE, k, seq_len),
+            cost_ms=self._planner.cost_ms(DENSE, k, seq_len),
+            overhead_ms=self._planner.overhead_ms(DENSE, seq_len),  # while it runs, budgets plan for all of it
             keep_rows=job.keep_rows,
         )
         if not self.batcher.submit_idle(dense):

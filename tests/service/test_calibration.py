@@ -4,6 +4,7 @@ the queue's wait estimate (pure: no timing assertions)."""
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from test_batcher import FakeRunner
@@ -12,8 +13,10 @@ from test_planner import make_profile
 from dynsparse.masks import Structure
 from service.batcher import Batcher
 from service.jobs import Job, backlog_ms
+from service.lane import IdleLane
 from service.metrics import Metrics
-from service.planner import ArrivalRate, Calibration, Correction, Planner, TailResidual
+from service.planner import ArrivalRate, Calibration, Correction, LatencyProfile, Planner, TailResidual
+from service.shadow import AgreementBook, Shadow
 
 pytestmark = pytest.mark.anyio
 
@@ -212,3 +215,19 @@ async def test_finished_work_updates_the_corrections_and_their_gauges() -> None:
     body = metrics.render()[0].decode()
     assert 'dynsparse_latency_correction_ratio{kind="inference"}' in body
     assert "dynsparse_latency_margin_seconds 0.02" in body
+
+
+async def test_a_running_shadow_batch_counts_whole_in_the_wait_estimate() -> None:
+    """A dense re-run in the idle lane holds the worker like any batch: a budget planned while it runs must wait
+    for all of it, its per-batch part included (most of a one-input batch)."""
+    slow = LatencyProfile("test", tuple(replace(p, latency_ms=100 * p.latency_ms) for p in make_profile().points))
+    planner = Planner(slow, max_batch_size=8, max_tokens=128)  # dense, one input: 220 ms, 20 of them its row
+    b = Batcher(FakeRunner(delay=0.5), max_batch_size=8, batch_wait_ms=0, queue_limit=16, lane=IdleLane(idle_ms=1))
+    shadow = Shadow(1.0, 4, AgreementBook(), b, lambda s: SMALL, planner, timeout_s=10)
+    served = job()
+    served.sparsity = 0.9
+    async with b.running():
+        shadow.follow("classify", served, [(0, 1.0)], 16)
+        while not b._busy_until:
+            await asyncio.sleep(0.005)
+        assert b.wait_estimate_ms() == pytest.approx(planner.predict_ms(0.0, 1, 16), abs=15.0)
