@@ -3,7 +3,8 @@
 Contenders, each a real server on 127.0.0.1 serving all-MiniLM-L6-v2 (the same weights):
 - Infinity (`infinity-emb`) with its torch engine, and with its optimum (ONNX Runtime) engine, dense;
 - `dynsparse serve` at a fixed dense size (`sparsity: 0`);
-- `dynsparse serve` with `latency_budget_ms` = the SLO on every request (the server picks the size).
+- `dynsparse serve` with `latency_budget_ms` = the SLO on every request (the server picks the size), on a second
+  server whose `budget_overhead_ms` is the p99 of client time - server time measured at the dense run's lowest rate.
 Requests arrive as a Poisson process (open loop: an arrival never waits for earlier answers, and latency counts
 from the scheduled arrival, so a slow server cannot slow the clock that measures it). Per rate: SLO attainment
 (share of requests answered 200 within the SLO), goodput (those per second), p50/p99 and the mean sparsity served.
