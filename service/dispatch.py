@@ -75,11 +75,7 @@ async def dispatch(rt: Runtime, request: Request, task: Endpoint, body: SizedReq
     _observe_when_sent(rt, request, job, arrived)
     met = None if choice.budget_ms is None else latency_ms <= choice.budget_ms
     _record(rt, request, sparsity, latency_ms, degraded, met)
-    if rt.slo is not None:
-        if met is not None:
-            rt.slo.record(sparsity, met)
-        if reason in ("budget", "overload", "floor") and (reason != "budget" or sparsity > rt.policy.low):
-            rt.slo.decided(reason)
+    _account_slo(rt, sparsity, met, reason)
     if shadowed and rt.shadow is not None:  # the dense re-run waits in the idle lane: never ahead of real work
         rt.shadow.follow(task, job, outputs, seq_len)
     served = {
@@ -96,6 +92,16 @@ async def dispatch(rt: Runtime, request: Request, task: Endpoint, body: SizedReq
     }
     chars = sum(_chars(x) for x in body.inputs)
     return Outcome(outputs, served, job.tokens, chars, round(job.tokenize_ms, 3))
+
+
+def _account_slo(rt: Runtime, sparsity: float, met: bool | None, reason: str) -> None:
+    """The SLO tracker counts budgets met and why a size was picked (a budget only where it shrank the model)."""
+    if rt.slo is None:
+        return
+    if met is not None:
+        rt.slo.record(sparsity, met)
+    if reason in ("budget", "overload", "floor") and (reason != "budget" or sparsity > rt.policy.low):
+        rt.slo.decided(reason)
 
 
 def _observe_when_sent(rt: Runtime, request: Request, job: Job, arrived: float) -> None:
