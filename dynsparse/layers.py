@@ -94,26 +94,36 @@ class ElasticLayer(nn.Module):
         b, t = (packing.batch, packing.length) if packing is not None else x.shape[:2]
         a = heads * self.head_dim
         hr, nr = (rows.heads, rows.neurons) if rows is not None else (None, None)
+        x2 = x.reshape(-1, x.shape[-1])  # (B * T, H) or (N, H): every projection is one addmm, bias fused
 
-        def split(y: Tensor) -> Tensor:  # (B, T, a) or packed (N, a) -> (B, h, T, hd)
+        def project(y: Tensor, w: Tensor, bias: Tensor, k: int, kept: Tensor | None) -> Tensor:
+            return torch.addmm(take_rows(bias, k, kept), y, take_rows(w, k, kept).t())
+
+        def split(y: Tensor) -> Tensor:  # (B * T, a) or packed (N, a) -> (B, h, T, hd)
             return (packing.pad(y) if packing is not None else y).view(b, t, heads, -1).transpose(1, 2)
 
-        q = split(F.linear(x, take_rows(self.q_weight, a, hr), take_rows(self.q_bias, a, hr)))
-        k = split(F.linear(x, take_rows(self.k_weight, a, hr), take_rows(self.k_bias, a, hr)))
-        v = split(F.linear(x, take_rows(self.v_weight, a, hr), take_rows(self.v_bias, a, hr)))
+        q = split(project(x2, self.q_weight, self.q_bias, a, hr))
+        k = split(project(x2, self.k_weight, self.k_bias, a, hr))
+        v = split(project(x2, self.v_weight, self.v_bias, a, hr))
         p = self.attn_dropout if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)  # (B, T, h, hd)
         if head_gate is not None:  # masked forward (importance, tests): scale each head's output; (H,) or (B, H)
             ctx = ctx * head_gate.unsqueeze(-2).unsqueeze(-1)
-        ctx = ctx.reshape(b, t, a) if packing is None else packing.pack(ctx)
-        attn = torch.matmul(ctx, take_rows(self.attn_out_weight_t, a, hr)) + self.attn_out_bias
-        x = self.attn_norm(x + self.dropout(attn))  # (B, T, H) or (N, H)
-        w_in, b_in = take_rows(self.ffn_in_weight, neurons, nr), take_rows(self.ffn_in_bias, neurons, nr)
-        inner = self.act(F.linear(x, w_in, b_in))  # (B, T, n)
-        if neuron_gate is not None:  # (n,) or (B, n)
-            inner = inner * neuron_gate.unsqueeze(-2)
-        out = torch.matmul(inner, take_rows(self.ffn_out_weight_t, neurons, nr)) + self.ffn_out_bias  # (B, T, H)
-        return self.ffn_norm(x + self.dropout(out))
+        ctx = ctx.reshape(b * t, a) if packing is None else packing.pack(ctx)
+        attn = torch.addmm(self.attn_out_bias, ctx, take_rows(self.attn_out_weight_t, a, hr))
+        h = self._residual_norm(attn, x2, self.attn_norm)  # (B * T, H) or (N, H)
+        inner = self.act(project(h, self.ffn_in_weight, self.ffn_in_bias, neurons, nr))  # (B * T, n)
+        if neuron_gate is not None:  # (n,) or (B, n); gates never come with packing
+            inner = (inner.view(b, t, -1) * neuron_gate.unsqueeze(-2)).view(b * t, -1)
+        out = torch.addmm(self.ffn_out_bias, inner, take_rows(self.ffn_out_weight_t, neurons, nr))
+        return self._residual_norm(out, h, self.ffn_norm).view(x.shape)
+
+    def _residual_norm(self, branch: Tensor, residual: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """norm(residual + dropout(branch)); `branch` is a fresh matmul output, so the add may reuse it (in
+        eval the dropout call is skipped: at batch 1 each op's dispatch is a visible share of the time)."""
+        if self.training:
+            branch = self.dropout(branch)
+        return F.layer_norm(branch.add_(residual), norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 @dataclass(frozen=True)
