@@ -1,7 +1,11 @@
-"""Typed dependencies: the runtime (503 until ready), the settings, the API key check and the task check."""
+"""Typed dependencies: the runtime (503 until ready), the settings, the API key check and the task check.
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per dependency per
+request (measured: 4 sync dependencies cost ~600 us more per request than async ones under 32+ concurrent
+requests, on a loop whose GIL the engine thread shares)."""
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,7 +19,7 @@ from service.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="the operator's API key, when one is set")
 
 
-def get_settings_of_app(request: Request) -> Settings:
+async def get_settings_of_app(request: Request) -> Settings:
     """The settings this app was created with."""
     settings: Settings = request.app.state.settings
     return settings
@@ -24,7 +28,7 @@ def get_settings_of_app(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_of_app)]
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     """The loaded runtime; 503 while loading (`Loading`), after a failed load or while draining (`NotReady`)."""
     state = request.app.state
     runtime: Runtime | None = getattr(state, "runtime", None)
@@ -40,7 +44,7 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """With an API key configured, `Authorization: Bearer <key>` must carry it (compared in constant time)."""
@@ -53,11 +57,11 @@ def require_api_key(
         raise Unauthorized("wrong API key")
 
 
-def serving(task: Endpoint) -> Callable[[Runtime], None]:
+def serving(task: Endpoint) -> Callable[[Runtime], Awaitable[None]]:
     """A dependency that lets a request through only if the checkpoint serves `task` (else 404, naming the
     endpoint that it serves). It runs before the body is validated: the endpoint does not exist here."""
 
-    def check(rt: RuntimeDep) -> None:
+    async def check(rt: RuntimeDep) -> None:
         if task not in rt.engine.endpoints:
             raise WrongTask(f"this checkpoint is a {rt.engine.task} model: use /v1/{rt.engine.endpoint}")
 

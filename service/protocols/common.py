@@ -42,7 +42,7 @@ class SizeFields(BaseModel):
         return self.model_dump(include=set(SELECTORS))
 
 
-def size_query(
+async def size_query(  # async: a plain def would run in the thread pool
     sparsity: Annotated[float | None, Query(ge=0, lt=1, description="serve at this sparsity")] = None,
     size: Annotated[str | None, Query(max_length=100, description="a named size (GET /v1/sizes)")] = None,
     latency_budget_ms: Annotated[float | None, Query(gt=0, allow_inf_nan=False, description="a budget")] = None,
