@@ -10,12 +10,12 @@ gets no more budget traffic, so its figure stays as measured until requests ask 
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
-
-import numpy as np
 
 from dynsparse.errors import InputError
 from service.codec import Endpoint
+from service.planner import piecewise_linear
 from service.shadow import DENSE, AgreementBook
 from service.sizes import SizePolicy
 
@@ -60,8 +60,14 @@ class Floor:
             return mean, "shadow"
         if not self.offline:
             return None, None
+        xs, ys = self._offline_curve
+        return piecewise_linear(sparsity, xs, ys, extrapolate=False), "offline"
+
+    @cached_property
+    def _offline_curve(self) -> tuple[list[float], list[float]]:
+        """The offline estimates as a curve, sorted once: every budgeted request asks at every candidate size."""
         xs = sorted(self.offline)
-        return float(np.interp(sparsity, xs, [self.offline[x] for x in xs])), "offline"
+        return xs, [self.offline[x] for x in xs]
 
     def passes(self, sparsity: float, floor: float | None) -> bool:
         value, _ = self.estimate(sparsity)

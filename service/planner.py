@@ -23,6 +23,7 @@ import math
 from collections import deque
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +56,27 @@ class LatencyProfile:
     @property
     def levels(self) -> list[float]:
         """The measured sparsities, ascending."""
-        return sorted({p.sparsity for p in self.points})
+        return list(self._grids)
 
     def predict(self, sparsity: float, batch: int, seq_len: int) -> float:
         """Predicted ms of one forward pass; linear in sparsity between the two nearest measured sizes."""
-        levels = self.levels
-        at = [self._at_level(s, batch, seq_len) for s in levels]
-        return max(_interp(sparsity, levels, at, extrapolate=False), 1e-3)
+        key = (sparsity, batch, seq_len)
+        known = self._memo.get(key)
+        if known is None:  # a request asks several times per size: each prediction is computed once
+            at = [_at_grid(grid, batch, seq_len) for grid in self._grids.values()]
+            known = max(piecewise_linear(sparsity, list(self._grids), at, extrapolate=False), 1e-3)
+            if len(self._memo) < _MEMO_LIMIT:
+                self._memo[key] = known
+        return known
 
-    def _at_level(self, sparsity: float, batch: int, seq_len: int) -> float:
-        pts = {(p.batch, p.seq_len): p.latency_ms for p in self.points if p.sparsity == sparsity}
-        batches, lens = sorted({b for b, _ in pts}), sorted({t for _, t in pts})
-        # a missing grid point (a hand-edited cache) falls back to the nearest measured one
-        rows = [[pts.get((b, t), min(pts.values())) for t in lens] for b in batches]
-        per_batch = [_interp(seq_len, lens, row) for row in rows]
-        return _interp(batch, batches, per_batch)
+    @cached_property
+    def _grids(self) -> dict[float, "_Grid"]:
+        """Per measured sparsity (ascending): the batch x length grid of latencies, built once."""
+        return {s: _grid_of(self.points, s) for s in sorted({p.sparsity for p in self.points})}
+
+    @cached_property
+    def _memo(self) -> dict[tuple[float, int, int], float]:
+        return {}
 
     def monotone(self) -> "LatencyProfile":
         """The profile made consistent: more work (batch, length) or a denser size is never faster.
@@ -90,12 +97,28 @@ class LatencyProfile:
         return cls(str(data["device"]), tuple(ProfilePoint(**p) for p in data["points"]))
 
 
+_MEMO_LIMIT = 65536  # (size, batch, length) predictions kept; past it they are computed each time
+_Grid = tuple[list[int], list[int], list[list[float]]]  # batches, lengths, latency[batch][length]
+
+
+def _grid_of(points: Sequence[ProfilePoint], sparsity: float) -> _Grid:
+    pts = {(p.batch, p.seq_len): p.latency_ms for p in points if p.sparsity == sparsity}
+    batches, lens = sorted({b for b, _ in pts}), sorted({t for _, t in pts})
+    # a missing grid point (a hand-edited cache) falls back to the nearest measured one
+    return batches, lens, [[pts.get((b, t), min(pts.values())) for t in lens] for b in batches]
+
+
+def _at_grid(grid: _Grid, batch: int, seq_len: int) -> float:
+    batches, lens, rows = grid
+    return piecewise_linear(batch, batches, [piecewise_linear(seq_len, lens, row) for row in rows])
+
+
 def _at_least(q: ProfilePoint, p: ProfilePoint) -> bool:
     """Does `q` do at least the work of `p` (as big a batch, as long, as dense)?"""
     return q.batch >= p.batch and q.seq_len >= p.seq_len and q.sparsity <= p.sparsity
 
 
-def _interp(x: float, xs: Sequence[float], ys: Sequence[float], extrapolate: bool = True) -> float:
+def piecewise_linear(x: float, xs: Sequence[float], ys: Sequence[float], extrapolate: bool = True) -> float:
     """Piecewise-linear y(x); below xs[0] clamps (latency never shrinks past what was measured), above
     it extends the last segment when `extrapolate` (bigger batches and longer texts cost more)."""
     if len(xs) == 1 or x <= xs[0]:
