@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dynsparse.checkpoint import check_layout
+from dynsparse.cli_logging import set_console_level
 from dynsparse.errors import InputError
 from service.app import create_app
 from service.settings import Settings
@@ -75,10 +76,20 @@ def _passive_openmp() -> None:
         log.warning("could not restart with OMP_WAIT_POLICY=PASSIVE (%s); OpenMP threads will spin", e)
 
 
+def _log_at(level: str) -> None:
+    """`log_level` holds for the service's own logs too (the access line per request included), not only uvicorn's:
+    below the level no record is even made."""
+    numeric = logging.getLevelName(level.upper())
+    logging.getLogger("service").setLevel(numeric)
+    if numeric < logging.INFO:  # the console shows INFO and up by default
+        set_console_level(numeric)
+
+
 def serve(args: argparse.Namespace) -> None:
     """Run the HTTP server until SIGINT/SIGTERM; in-flight requests finish before it exits."""
     settings = build_settings(args)
     _check_checkpoint(settings)
+    _log_at(settings.log_level)
     _passive_openmp()
     app = create_app(settings)
     config = uvicorn.Config(

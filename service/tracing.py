@@ -6,6 +6,7 @@ Example (one log line per request, logger `service.access`):
 """
 
 import logging
+import random
 import re
 import time
 import uuid
@@ -33,6 +34,13 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return match.group(1) if match and match.group(1) != "0" * 32 else None
 
 
+def _new_id() -> str:
+    """A random (version 4) UUID's hex, from `random`, not `os.urandom`: an id needs no secrecy, and urandom's
+    syscall lets go of the GIL, which the event loop then waits to get back from the engine thread (uuid4 was
+    10% of the loop's time under load, py-spy)."""
+    return uuid.UUID(int=random.getrandbits(128), version=4).hex
+
+
 class RequestContext:
     """ASGI middleware: `scope["state"]["request_id"]`, the `X-Request-ID` response header and the access log."""
 
@@ -45,7 +53,7 @@ class RequestContext:
             return
         headers = dict(scope["headers"])
         given = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _ID.fullmatch(given) else uuid.uuid4().hex
+        rid = given if _ID.fullmatch(given) else _new_id()
         trace = trace_id_of(headers.get(b"traceparent", b"").decode("latin-1"))
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id.set(rid)

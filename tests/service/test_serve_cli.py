@@ -91,3 +91,21 @@ def test_the_server_waits_passively_unless_the_operator_says(tiny_ckpt: Path) ->
     command restarts itself, same PID, with passive waiting; an operator's own value is kept."""
     assert _serve_environ(tiny_ckpt, None) == ("PASSIVE", 200)
     assert _serve_environ(tiny_ckpt, "ACTIVE") == ("ACTIVE", 200)
+
+
+def test_log_level_also_quiets_the_services_own_access_lines() -> None:
+    """An operator's `log_level=warning` used to reach uvicorn only: one access line per request was still
+    written. It now holds for the `service` loggers as well; `debug` opens them up."""
+    import logging
+
+    from service.cli import _log_at
+
+    service, before = logging.getLogger("service"), logging.getLogger("service").level
+    access = logging.getLogger("service.access")
+    try:
+        _log_at("warning")
+        assert not access.isEnabledFor(logging.INFO) and access.isEnabledFor(logging.WARNING)
+        _log_at("debug")
+        assert access.isEnabledFor(logging.DEBUG)
+    finally:
+        service.setLevel(before)  # setLevel, not an attribute: it also clears the loggers' level caches
