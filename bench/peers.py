@@ -13,6 +13,9 @@ argmax agreement).
 
     python bench/peers.py --out bench/results/cpu/peers [--quick] [--model CKPT]
 
+With `--model CKPT` (a trained checkpoint) the dense peers still run the transformers model it started from: their
+times compare, their quality rows then compare different weights. The default (the natural-order model) keeps both.
+
 summary.worst_ratio_vs_best_peer: max over shapes and levels of (dynsparse at the auto dtype / the fastest peer at
 the same size), peers within the fp32 quality bound (int8 is reported, not counted). <= 1.0: never slower.
 """
