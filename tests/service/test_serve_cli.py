@@ -98,6 +98,7 @@ def test_log_level_also_quiets_the_services_own_access_lines() -> None:
     written. It now holds for the `service` loggers as well; `debug` opens them up."""
     import logging
 
+    from dynsparse.cli_logging import set_console_level
     from service.cli import _log_at
 
     service, before = logging.getLogger("service"), logging.getLogger("service").level
@@ -109,3 +110,4 @@ def test_log_level_also_quiets_the_services_own_access_lines() -> None:
         assert access.isEnabledFor(logging.DEBUG)
     finally:
         service.setLevel(before)  # setLevel, not an attribute: it also clears the loggers' level caches
+        set_console_level(logging.INFO)
