@@ -96,15 +96,12 @@ class ElasticLayer(nn.Module):
         hr, nr = (rows.heads, rows.neurons) if rows is not None else (None, None)
         x2 = x.reshape(-1, x.shape[-1])  # (B * T, H) or (N, H): every projection is one addmm, bias fused
 
-        def project(y: Tensor, w: Tensor, bias: Tensor, k: int, kept: Tensor | None) -> Tensor:
-            return torch.addmm(take_rows(bias, k, kept), y, take_rows(w, k, kept).t())
-
         def split(y: Tensor) -> Tensor:  # (B * T, a) or packed (N, a) -> (B, h, T, hd)
             return (packing.pad(y) if packing is not None else y).view(b, t, heads, -1).transpose(1, 2)
 
-        q = split(project(x2, self.q_weight, self.q_bias, a, hr))
-        k = split(project(x2, self.k_weight, self.k_bias, a, hr))
-        v = split(project(x2, self.v_weight, self.v_bias, a, hr))
+        q = split(_project(x2, self.q_weight, self.q_bias, a, hr))
+        k = split(_project(x2, self.k_weight, self.k_bias, a, hr))
+        v = split(_project(x2, self.v_weight, self.v_bias, a, hr))
         p = self.attn_dropout if self.training else 0.0
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p).transpose(1, 2)  # (B, T, h, hd)
         if head_gate is not None:  # masked forward (importance, tests): scale each head's output; (H,) or (B, H)
@@ -112,7 +109,7 @@ class ElasticLayer(nn.Module):
         ctx = ctx.reshape(b * t, a) if packing is None else packing.pack(ctx)
         attn = torch.addmm(self.attn_out_bias, ctx, take_rows(self.attn_out_weight_t, a, hr))
         h = self._residual_norm(attn, x2, self.attn_norm)  # (B * T, H) or (N, H)
-        inner = self.act(project(h, self.ffn_in_weight, self.ffn_in_bias, neurons, nr))  # (B * T, n)
+        inner = self.act(_project(h, self.ffn_in_weight, self.ffn_in_bias, neurons, nr))  # (B * T, n)
         if neuron_gate is not None:  # (n,) or (B, n); gates never come with packing
             inner = (inner.view(b, t, -1) * neuron_gate.unsqueeze(-2)).view(b * t, -1)
         out = torch.addmm(self.ffn_out_bias, inner, take_rows(self.ffn_out_weight_t, neurons, nr))
@@ -132,6 +129,11 @@ class UnitRows:
 
     heads: Tensor
     neurons: Tensor
+
+
+def _project(x: Tensor, w: Tensor, bias: Tensor, k: int, rows: Tensor | None) -> Tensor:
+    """x @ w[:k].T + bias[:k] (or the given rows) as one addmm: the bias add is fused into the matmul."""
+    return torch.addmm(take_rows(bias, k, rows), x, take_rows(w, k, rows).t())
 
 
 def take_rows(w: Tensor, k: int, rows: Tensor | None) -> Tensor:

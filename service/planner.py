@@ -48,6 +48,7 @@ class LatencyProfile:
 
     device: str
     points: tuple[ProfilePoint, ...]
+    _memo: dict[tuple[float, int, int], float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -73,10 +74,6 @@ class LatencyProfile:
     def _grids(self) -> dict[float, "_Grid"]:
         """Per measured sparsity (ascending): the batch x length grid of latencies, built once."""
         return {s: _grid_of(self.points, s) for s in sorted({p.sparsity for p in self.points})}
-
-    @cached_property
-    def _memo(self) -> dict[tuple[float, int, int], float]:
-        return {}
 
     def monotone(self) -> "LatencyProfile":
         """The profile made consistent: more work (batch, length) or a denser size is never faster.
