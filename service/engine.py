@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor
 
 import dynsparse
 from dynsparse.errors import InputError
+from dynsparse.graphs import SizeGraphs
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticModel
 from dynsparse.precision import cast_model, pick_dtype
@@ -103,9 +105,11 @@ class Engine:
         dtype: torch.dtype,
         max_rows: int = 64,
         threads: ThreadPlan | None = None,
+        traced: bool = False,
     ) -> None:
         self.model = model.eval()
         self.threads = threads  # None: torch's thread count as it is (always on CUDA)
+        self.graphs = SizeGraphs(model) if traced else None  # None: eager forwards
         self.device = next(model.parameters()).device
         self.dtype = dtype
         cast_model(model, dtype)  # parameters only: the importance buffers keep full precision
@@ -138,8 +142,15 @@ class Engine:
         threads = settings.torch_threads or _default_threads()
         torch.set_num_threads(threads)
         model = dynsparse.load(str(settings.checkpoint), device=str(device))
-        plan = ThreadPlan(threads, settings.single_thread_below, model.shape) if device.type == "cpu" else None
-        return cls(model, settings.max_batch_size, settings.max_tokens, dtype, settings.max_inputs, plan)
+        cpu = device.type == "cpu"
+        plan = ThreadPlan(threads, settings.single_thread_below, model.shape) if cpu else None
+        traced = settings.traced_graphs if settings.traced_graphs is not None else cpu
+        return cls(model, settings.max_batch_size, settings.max_tokens, dtype, settings.max_inputs, plan, traced)
+
+    @property
+    def traced(self) -> bool:
+        """Whether forwards run as traced graphs (`dynsparse.graphs`) rather than eagerly."""
+        return self.graphs is not None
 
     @property
     def device_name(self) -> str:
@@ -246,7 +257,9 @@ class Engine:
         ids, mask, types = collate(rows, self.tokenizer.pad_token_id or 0, self.device)
         if self.threads is not None:
             self.threads.apply(sum(len(r.ids) for r in rows), structure)
-        if codec.uses_head:
+        if self.graphs is not None:
+            out = self.graphs.run(ids, mask, types, structure, language, head=codec.uses_head)
+        elif codec.uses_head:
             out = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -260,9 +273,11 @@ class Engine:
         return codec.reduce(out, mask)
 
     def warmup(self, sparsities: Sequence[float]) -> None:
-        """One small batch per size and task, so first requests pay no lazy initialisation."""
+        """One small batch per size and task (and its traced graphs), so first requests pay no lazy initialisation."""
         for s in sparsities:
             for endpoint in self.endpoints:
+                if self.graphs is not None:  # traced and optimised here, not on a request
+                    self.graphs.warm(self.structure(s), head=self._codecs[endpoint].uses_head)
                 self.run(endpoint, self.structure(s), [[warm_up_item(endpoint)]])
 
     def profile(self, levels: Sequence[float], batches: Sequence[int], seq_lens: Sequence[int]) -> LatencyProfile:
@@ -273,9 +288,17 @@ class Engine:
 
     def _measure(self, sparsity: float, batch: int, seq_len: int) -> float:
         """One profile point, on the thread count a batch of that shape is served with."""
+        structure = self.structure(sparsity)
         if self.threads is not None:
-            self.threads.apply(batch * seq_len, self.structure(sparsity))
-        return round(measure_latency(self.model, sparsity, batch, seq_len, min_repeats=3, min_seconds=0.1, warmup=1), 4)
+            self.threads.apply(batch * seq_len, structure)
+        forward = None
+        if self.graphs is not None:  # the path requests take
+            head = self._codecs[self.endpoint].uses_head
+            forward = partial(self.graphs.run, types=None, structure=structure, head=head)
+        ms = measure_latency(
+            self.model, sparsity, batch, seq_len, min_repeats=3, min_seconds=0.1, warmup=1, forward=forward
+        )
+        return round(ms, 4)
 
 
 def reject(encoded: Sequence[Encoded | InputError], max_tokens: int, max_rows: int, window: int) -> InputError | None:

@@ -69,8 +69,10 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
         IdleLane(settings.shadow_queue_limit, settings.shadow_inputs) if settings.shadow_fraction > 0 else None,
     )
     async with batcher.running():
+        # before the profile (a traced graph's first runs are slow); every size budgets pick from and the profile's
+        levels = {*_warm_sizes(policy), *policy.candidates(), *_profile_levels(policy, settings.profile_levels)}
+        await batcher.call(engine.warmup, sorted(levels))
         profile = await batcher.call(_profile, engine, policy, settings)
-        await batcher.call(engine.warmup, _warm_sizes(policy))
         planner = Planner(profile.monotone(), settings.max_batch_size, engine.max_tokens, batcher.calibration)
         table = size_table(engine, policy, planner.profile, raw=profile)
         runtime = Runtime(settings, engine, policy, planner, batcher, metrics, table)
@@ -157,7 +159,9 @@ def _profile(engine: Engine, policy: SizePolicy, settings: Settings) -> LatencyP
     """The cached profile of this checkpoint on this device and dtype, else a new measurement (cached)."""
     levels = _profile_levels(policy, settings.profile_levels)
     batches, lens = settings.profile_batch_sizes, settings.profile_seq_lens
-    key = json.dumps([dict(engine.model.meta.files), engine.device_name, torch.__version__, levels, batches, lens])
+    key = json.dumps(
+        [dict(engine.model.meta.files), engine.device_name, torch.__version__, levels, batches, lens, engine.traced]
+    )
     path = None
     if settings.profile_cache_dir is not None:
         name = f"{settings.checkpoint.resolve().name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         description="CPU: a batch under this many real tokens times the share of the weights its size keeps runs "
         "on one thread (waking the others costs more than they give back); 0: always torch_threads",
     )
+    traced_graphs: bool | None = Field(
+        None,
+        description="run each size as a TorchScript graph traced over the shared weights (no GIL taken per op: "
+        "faster while the event loop is busy); default: on for cpu, off for cuda",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     # -- sizes

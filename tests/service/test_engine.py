@@ -117,3 +117,21 @@ def test_a_mixed_length_batch_runs_unpadded(
     assert not isinstance(out, InputError)
     probs = expected_probs(reference, texts, 0.5)
     assert [score for _, score in out] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
+
+
+def test_traced_graphs_serve_what_eager_serves(make_settings: Callable[..., Settings]) -> None:
+    """On CPU the engine runs each size as a traced graph (`dynsparse.graphs`): the answers of eager forwards."""
+    traced, eager = Engine.load(make_settings()), Engine.load(make_settings(traced_graphs=False))
+    assert traced.traced and not eager.traced
+    traced.warmup([0.5])
+    assert traced.graphs is not None and len(traced.graphs) == 4  # padded and not, for classify and embed
+    groups = [TEXTS, ["w1", ("w2 w3", "w4")]]
+    for task in ("classify", "embed"):
+        want = eager.run(task, eager.structure(0.5), groups)
+        got = traced.run(task, traced.structure(0.5), groups)
+        for g, w in zip(got, want, strict=True):
+            assert not isinstance(g, InputError) and not isinstance(w, InputError)
+            if task == "classify":
+                assert [label for label, _ in g] == [label for label, _ in w]
+                g, w = [score for _, score in g], [score for _, score in w]
+            assert torch.tensor(g) == pytest.approx(torch.tensor(w), abs=1e-5)
