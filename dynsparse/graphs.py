@@ -14,9 +14,15 @@ a synthetic batch (~100-250 ms each for MiniLM on this CPU):
 - a padded batch uses the unpadded path (`dynsparse.packing`), traced on heavy padding so the packing is recorded;
 - a batch without padding uses a graph with no mask (SDPA's fast path), as eager does.
 Shapes stay dynamic: the tracer records sizes as graph ops (checked against eager on unseen shapes in the tests).
+
+TorchScript is deprecated in favour of torch.compile and torch.export, and torch says tracing may break on Python
+3.14+. It is used because it measured faster here: torch.compile per size was 0.74x the eager speed at 1 x 16 and
+took 27-59 s per size. On Python 3.14+ the server defaults to eager (`TRACING_SUPPORTED`), and a key whose trace
+fails runs eagerly, with one warning.
 """
 
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -31,6 +37,8 @@ if TYPE_CHECKING:
     from dynsparse.modeling import ElasticModel
 
 log = logging.getLogger(__name__)
+
+TRACING_SUPPORTED = sys.version_info < (3, 14)  # torch.jit.trace "is not supported in Python 3.14+ and may break"
 
 
 class GraphKey(NamedTuple):
@@ -73,12 +81,13 @@ class SizeGraphs:
         self.model = model
         self.trace_after = trace_after  # uses of a key not warmed before it is traced (one-off sizes stay eager)
         self.capacity = capacity  # graphs kept at most; past it new keys run eagerly (clients may send any float)
-        self._graphs: dict[GraphKey, torch.jit.ScriptModule] = {}
+        self._graphs: dict[GraphKey, torch.jit.ScriptModule | None] = {}  # None: its trace failed, runs eagerly
         self._uses: dict[GraphKey, int] = {}
         self._lock = threading.Lock()  # the engine's worker and a shadow lane may ask for a new key at once
 
     def __len__(self) -> int:
-        return len(self._graphs)
+        """Graphs traced (and not failed)."""
+        return sum(g is not None for g in self._graphs.values())
 
     @torch.inference_mode()
     def run(
@@ -95,9 +104,7 @@ class SizeGraphs:
         padded = not bool(mask.all())
         key = GraphKey(structure, language, head, padded, types is not None)
         args = (ids, mask) if padded else (ids,)
-        graph = self._graphs.get(key)
-        if graph is None:
-            graph = self._on_use(key)
+        graph = self._graphs[key] if key in self._graphs else self._on_use(key)
         run = graph if graph is not None else _Size(self.model, key)  # eager: the same forward, op by op
         return run(*args, *((types,) if types is not None else ()))
 
@@ -120,17 +127,15 @@ class SizeGraphs:
             self.run(ids, mask, None, structure, head=head)
             self.run(ids[:1, :2], mask[:1, :2], None, structure, head=head)
 
-    def graph(self, key: GraphKey) -> torch.jit.ScriptModule:
-        """`key`'s graph, traced now if it is new."""
-        graph = self._graphs.get(key)
-        if graph is None:
+    def graph(self, key: GraphKey) -> torch.jit.ScriptModule | None:
+        """`key`'s graph, traced now if it is new; None if its trace failed."""
+        if key not in self._graphs:
             with self._lock:
-                graph = self._graphs.get(key)
-                if graph is None:
-                    graph = self._graphs[key] = self._trace(key)
-        return graph
+                if key not in self._graphs:
+                    self._graphs[key] = self._trace(key)
+        return self._graphs[key]
 
-    def _trace(self, key: GraphKey) -> torch.jit.ScriptModule:
+    def _trace(self, key: GraphKey) -> torch.jit.ScriptModule | None:
         ids, mask = _example(self.model)
         args = (ids, mask) if key.padded else (ids,)
         if key.types:
@@ -139,7 +144,12 @@ class SizeGraphs:
         with torch.no_grad(), warnings.catch_warnings():
             # the input checks before the graph (shape, language) become constants: the engine checked them
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            graph = torch.jit.trace(_Size(self.model, key), args, check_trace=False)
+            warnings.simplefilter("ignore", DeprecationWarning)  # chosen knowingly: see the module's docstring
+            try:
+                graph = torch.jit.trace(_Size(self.model, key), args, check_trace=False)
+            except Exception as e:  # a torch whose tracer cannot take this model: that key stays eager
+                log.warning("tracing a size failed, it runs eagerly: %s: %s", type(e).__name__, e)
+                return None
         log.debug("traced %s in %.0f ms", key, (time.perf_counter() - began) * 1000)
         return graph
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 import dynsparse
 from dynsparse.errors import InputError
-from dynsparse.graphs import SizeGraphs
+from dynsparse.graphs import TRACING_SUPPORTED, SizeGraphs
 from dynsparse.masks import Structure
 from dynsparse.modeling import ElasticModel
 from dynsparse.precision import cast_model, pick_dtype
@@ -144,7 +144,7 @@ class Engine:
         model = dynsparse.load(str(settings.checkpoint), device=str(device))
         cpu = device.type == "cpu"
         plan = ThreadPlan(threads, settings.single_thread_below, model.shape) if cpu else None
-        traced = settings.traced_graphs if settings.traced_graphs is not None else cpu
+        traced = settings.traced_graphs if settings.traced_graphs is not None else cpu and TRACING_SUPPORTED
         return cls(model, settings.max_batch_size, settings.max_tokens, dtype, settings.max_inputs, plan, traced)
 
     @property

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     traced_graphs: bool | None = Field(
         None,
         description="run each size as a TorchScript graph traced over the shared weights (no GIL taken per op: "
-        "faster while the event loop is busy); default: on for cpu, off for cuda",
+        "faster while the event loop is busy); default: on for cpu (below Python 3.14), off for cuda",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

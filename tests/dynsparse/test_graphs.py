@@ -86,3 +86,19 @@ def test_one_off_keys_stay_eager_and_the_count_is_bounded(model: ElasticModel) -
             graphs.run(ids, mask, None, structure)
             graphs.run(ids, mask, None, structure)
     assert len(graphs) == 2  # the capacity: the third size kept running eagerly
+
+
+def test_a_size_whose_trace_fails_runs_eagerly(
+    model: ElasticModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tracer says no")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    graphs, structure = SizeGraphs(model), model.structure(0.5)
+    graphs.warm(structure)
+    assert len(graphs) == 0 and "tracer says no" in caplog.text
+    ids, mask = _batch([6, 2])
+    with torch.inference_mode():
+        want = model.encode(ids, mask, structure=structure, unpad=True)
+        assert torch.equal(graphs.run(ids, mask, None, structure), want)
