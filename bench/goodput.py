@@ -16,14 +16,19 @@ the Infinity contenders are skipped and the reason recorded.
 
     python bench/goodput.py --out bench/results/cpu/goodput [--quick] [--model CKPT] [--slo_ms 50]
 
-summary.goodput_ratio_vs_peer: the highest rate at which dynsparse with budgets keeps >= 99% within the SLO, over
-the same for the best Infinity engine (SuperServe's anchor: 2.85x SLO attainment; the goal is >= 3); None when no
-peer keeps 99% even at the lowest rate. summary.peak_goodput_ratio_vs_peer: the most requests within the SLO per
-second at any rate, ours with budgets over the best peer's (less at the mercy of one noisy rate).
+summary.goodput_ratio_vs_peer: the highest rate at which dynsparse with budgets keeps >= 99% within the SLO, and
+every rate below it too, over the same for the best Infinity engine (SuperServe's anchor: 2.85x SLO attainment; the
+goal is >= 3); None when no peer keeps 99% even at the lowest rate. At ~100-300 requests per rate one slow
+request moves a rate's share by 0.3-1%, so two looser ratios come with it: `highest_rate_ratio_vs_peer` (the
+highest rate that keeps 99%, whatever the rates below it did) and `peak_goodput_ratio_vs_peer` (the most requests
+within the SLO per second at any rate).
+
+    python bench/goodput.py --out bench/results/cpu/goodput --resummarise   # the summary of a saved run, again
 """
 
 import asyncio
 import gc
+import json
 import os
 import random
 import shutil
@@ -245,6 +250,38 @@ def sustained(rows: list[dict[str, Any]]) -> float:
     return best
 
 
+def highest(rows: list[dict[str, Any]]) -> float:
+    """The highest rate with >= 99% within the SLO, whatever the rates below it did (0: none)."""
+    return max((r["rate"] for r in rows if r["slo_attainment"] >= ATTAINED), default=0.0)
+
+
+def _ratio(ours: float, peers: dict[str, float]) -> float | None:
+    """Ours over the best peer's; None when no peer ran or the best is 0 (it kept 99% at no rate)."""
+    best = max(peers.values(), default=0.0)
+    return round(ours / best, 2) if best else None
+
+
+def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The ratios of dynsparse with budgets to the best Infinity engine, three ways (see the module docstring)."""
+    ours = "dynsparse latency_budget_ms=SLO"
+    strict = {name: sustained(rs) for name, rs in rows.items()}
+    loose = {name: highest(rs) for name, rs in rows.items()}
+    peak = {name: max((r["goodput_rps"] for r in rs), default=0.0) for name, rs in rows.items()}
+
+    def peers(d: dict[str, float]) -> dict[str, float]:
+        return {n: v for n, v in d.items() if n.startswith("infinity")}
+
+    return {
+        "goodput_ratio_vs_peer": _ratio(strict[ours], peers(strict)),
+        "sustained_rate_at_99": strict,
+        "highest_rate_ratio_vs_peer": _ratio(loose[ours], peers(loose)),
+        "highest_rate_at_99": loose,
+        "peak_goodput_ratio_vs_peer": _ratio(peak[ours], peers(peak)),
+        "peak_goodput_rps": peak,
+        "best_peer": max(peers(peak), key=peak.__getitem__) if peers(peak) else None,
+    }
+
+
 def _bodies(texts: list[str], kind: str, slo_ms: float) -> list[dict[str, Any]]:
     if kind == "infinity":
         return [{"model": "minilm", "input": [t]} for t in texts]
@@ -348,7 +385,13 @@ def main() -> None:
         default=str(Path.home() / ".cache" / "dynsparse" / "bench"),
         help="where the ONNX export for Infinity's optimum engine is kept",
     )
+    p.add_argument("--resummarise", action="store_true", help="recompute the summary of OUT/goodput.json, run nothing")
     args = p.parse_args()
+    if args.resummarise:
+        doc = json.loads((Path(args.out) / "goodput.json").read_text())
+        doc["summary"] = {**doc["summary"], **summarise(doc["rows"])}
+        write_result(Path(args.out), "goodput", doc)
+        return
     if args.device != "cpu":
         raise SystemExit("bench/goodput.py runs its servers on the CPU: use --device cpu")
     # from 5 req/s: the sustained rate needs a grid that starts below where each contender fails (12-07: Infinity
@@ -358,23 +401,9 @@ def main() -> None:
     device = device_name("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         rows, skipped, overhead = run_contenders(args, embedding_checkpoint(args.model, Path(tmp)), rates, seconds)
-    best = {name: sustained(rs) for name, rs in rows.items()}
-    peers = {n: v for n, v in best.items() if n.startswith("infinity")}
-    ours = best["dynsparse latency_budget_ms=SLO"]
-    peer = max(peers.values()) if peers else None
-    peak = {name: max((r["goodput_rps"] for r in rs), default=0.0) for name, rs in rows.items()}
-    peer_peak = max((v for n, v in peak.items() if n.startswith("infinity")), default=None)
     summary = {
-        # None: no peer ran, or none sustained even the lowest rate (then see the peak goodput ratio)
-        "goodput_ratio_vs_peer": round(ours / peer, 2) if peer else None,
-        "sustained_rate_at_99": best,
-        # the most requests within the SLO per second at any offered rate: ours (with budgets) over the best peer's
-        "peak_goodput_ratio_vs_peer": round(peak["dynsparse latency_budget_ms=SLO"] / peer_peak, 2)
-        if peer_peak
-        else None,
-        "peak_goodput_rps": peak,
+        **summarise(rows),
         "slo_ms": args.slo_ms,
-        "best_peer": max(peers, key=peers.__getitem__) if peers else None,
         "skipped": skipped,
         "budget_overhead_ms": overhead,
         "device": device,
