@@ -117,7 +117,7 @@ class SizeGraphs:
             return None
         return self.graph(key)
 
-    def warm(self, structure: Structure, head: bool = False, runs: int = 3) -> None:
+    def warm(self, structure: Structure, head: bool = False, runs: int = 2) -> None:
         """Trace `structure`'s graphs for padded and unpadded batches and run each `runs` times: TorchScript
         optimises a graph on its second run, which took 40-50 ms on a small size (first calls, not requests)."""
         for padded in (True, False):

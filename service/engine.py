@@ -1,6 +1,7 @@
 """The model on its device: batched tokenization and forward passes at one size, warm-up and profiling.
 
-Every size is a prefix view of the same weights, so a batch at any sparsity costs no copy and no reload.
+Every size is a prefix view of the same weights, so a batch at any sparsity costs no copy and no reload. On CPU
+each size runs as a graph traced over those weights (`dynsparse.graphs`), which keeps the GIL free for the loop.
 An `Engine` is not thread-safe: the `Batcher` runs it on its single worker thread, off the event loop; only
 `structure`, `check_depth` and `check_language` (pure bookkeeping: the batches' grouping key and its checks) are
 called on the loop, and the worker never calls the model's own `structure` while serving, since every forward
@@ -148,11 +149,6 @@ class Engine:
         return cls(model, settings.max_batch_size, settings.max_tokens, dtype, settings.max_inputs, plan, traced)
 
     @property
-    def traced(self) -> bool:
-        """Whether forwards run as traced graphs (`dynsparse.graphs`) rather than eagerly."""
-        return self.graphs is not None
-
-    @property
     def device_name(self) -> str:
         """The device in words, with the dtype: latency profiles are only valid on the same one."""
         if self.device.type == "cuda":
@@ -260,14 +256,7 @@ class Engine:
         if self.graphs is not None:
             out = self.graphs.run(ids, mask, types, structure, language, head=codec.uses_head)
         elif codec.uses_head:
-            out = self.model(
-                input_ids=ids,
-                attention_mask=mask,
-                token_type_ids=types,
-                structure=structure,
-                language=language,
-                unpad=True,
-            ).logits
+            out = self.model(ids, mask, types, structure=structure, language=language, unpad=True).logits
         else:
             out = self.model.encode(ids, mask, types, structure=structure, language=language, unpad=True)  # (B, T, H)
         return codec.reduce(out, mask)
@@ -275,9 +264,9 @@ class Engine:
     def warmup(self, sparsities: Sequence[float]) -> None:
         """One small batch per size and task (and its traced graphs), so first requests pay no lazy initialisation."""
         for s in sparsities:
+            if self.graphs is not None:  # traced and optimised here, not on a request: the task's own endpoint
+                self.graphs.warm(self.structure(s), head=self._codecs[self.endpoint].uses_head)
             for endpoint in self.endpoints:
-                if self.graphs is not None:  # traced and optimised here, not on a request
-                    self.graphs.warm(self.structure(s), head=self._codecs[endpoint].uses_head)
                 self.run(endpoint, self.structure(s), [[warm_up_item(endpoint)]])
 
     def profile(self, levels: Sequence[float], batches: Sequence[int], seq_lens: Sequence[int]) -> LatencyProfile:
@@ -291,10 +280,8 @@ class Engine:
         structure = self.structure(sparsity)
         if self.threads is not None:
             self.threads.apply(batch * seq_len, structure)
-        forward = None
-        if self.graphs is not None:  # the path requests take
-            head = self._codecs[self.endpoint].uses_head
-            forward = partial(self.graphs.run, types=None, structure=structure, head=head)
+        head = self._codecs[self.endpoint].uses_head  # below: the traced graphs when requests take them
+        forward = None if self.graphs is None else partial(self.graphs.run, types=None, structure=structure, head=head)
         ms = measure_latency(
             self.model, sparsity, batch, seq_len, min_repeats=3, min_seconds=0.1, warmup=1, forward=forward
         )

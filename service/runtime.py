@@ -159,9 +159,9 @@ def _profile(engine: Engine, policy: SizePolicy, settings: Settings) -> LatencyP
     """The cached profile of this checkpoint on this device and dtype, else a new measurement (cached)."""
     levels = _profile_levels(policy, settings.profile_levels)
     batches, lens = settings.profile_batch_sizes, settings.profile_seq_lens
-    key = json.dumps(
-        [dict(engine.model.meta.files), engine.device_name, torch.__version__, levels, batches, lens, engine.traced]
-    )
+    traced = engine.graphs is not None  # the graphs are timed, not the eager forward
+    files = dict(engine.model.meta.files)
+    key = json.dumps([files, engine.device_name, torch.__version__, levels, batches, lens, traced])
     path = None
     if settings.profile_cache_dir is not None:
         name = f"{settings.checkpoint.resolve().name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"

@@ -34,6 +34,9 @@ def make_settings(tiny_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "profile_batch_sizes": [1, 4],
         "profile_seq_lens": [8, 32],
         "torch_threads": 1,
+        # eager: each traced server warms ~40 graphs (~5 s on the tiny model); the shared `server` below and the
+        # engine's and graphs' own tests run the traced default
+        "traced_graphs": False,
     }
 
     def make(**overrides: Any) -> Settings:
@@ -51,7 +54,7 @@ def reference(tiny_ckpt: Path) -> dynsparse.ElasticModel:
 @pytest.fixture(scope="session")
 def server(make_settings: Callable[..., Settings]) -> Iterator[Live]:
     """The default server, shared by every test that does not need special settings."""
-    with live_server(make_settings()) as live:
+    with live_server(make_settings(traced_graphs=None)) as live:  # the default: traced graphs on CPU
         yield live
 
 
