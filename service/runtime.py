@@ -69,7 +69,8 @@ async def open_runtime(settings: Settings, metrics: Metrics) -> AsyncIterator[Ru
         IdleLane(settings.shadow_queue_limit, settings.shadow_inputs) if settings.shadow_fraction > 0 else None,
     )
     async with batcher.running():
-        # before the profile (a traced graph's first runs are slow); every size budgets pick from and the profile's
+        # warmed before the profile, which must not time a traced graph's two slow first calls: the named sizes,
+        # every size a budget may pick and the profile's levels
         levels = {*_warm_sizes(policy), *policy.candidates(), *_profile_levels(policy, settings.profile_levels)}
         await batcher.call(engine.warmup, sorted(levels))
         profile = await batcher.call(_profile, engine, policy, settings)
