@@ -21,7 +21,8 @@ every rate below it too, over the same for the best Infinity engine (SuperServe'
 goal is >= 3); None when no peer keeps 99% even at the lowest rate. At ~100-300 requests per rate one slow
 request moves a rate's share by 0.3-1%, so two looser ratios come with it: `highest_rate_ratio_vs_peer` (the
 highest rate that keeps 99%, whatever the rates below it did) and `peak_goodput_ratio_vs_peer` (the most requests
-within the SLO per second at any rate).
+within the SLO per second at any rate; a contender's sweep stops after its first rate under half within the SLO,
+so a peer that fails early is measured at low rates only).
 
     python bench/goodput.py --out bench/results/cpu/goodput --resummarise   # the summary of a saved run, again
 """
@@ -278,7 +279,9 @@ def summarise(rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "highest_rate_at_99": loose,
         "peak_goodput_ratio_vs_peer": _ratio(peak[ours], peers(peak)),
         "peak_goodput_rps": peak,
-        "best_peer": max(peers(peak), key=peak.__getitem__) if peers(peak) else None,
+        # the peer each ratio divides by can differ: name both
+        "best_peer": max(peers(peak), key=peak.__getitem__) if peers(peak) else None,  # by peak goodput
+        "best_peer_sustained": max(peers(strict), key=strict.__getitem__) if peers(strict) else None,
     }
 
 

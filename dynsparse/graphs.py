@@ -83,7 +83,7 @@ class SizeGraphs:
         self.capacity = capacity  # graphs kept at most; past it new keys run eagerly (clients may send any float)
         self._graphs: dict[GraphKey, torch.jit.ScriptModule | None] = {}  # None: its trace failed, runs eagerly
         self._uses: dict[GraphKey, int] = {}
-        self._lock = threading.Lock()  # the engine's worker and a shadow lane may ask for a new key at once
+        self._lock = threading.Lock()  # the engine runs on one worker thread; other callers may share a SizeGraphs
 
     def __len__(self) -> int:
         """Graphs traced (and not failed)."""
@@ -100,7 +100,8 @@ class SizeGraphs:
         head: bool = False,
     ) -> Tensor:
         """The forward at `structure`: logits with `head`, else the last hidden states (B, T, H), as eager
-        `model(..., unpad=True)` / `model.encode(..., unpad=True)` give them."""
+        `model(..., unpad=True)` / `model.encode(..., unpad=True)` give them on real tokens. A padded batch always
+        takes the unpadded path here (eager skips it below 10% padding), so padding positions may differ."""
         padded = not bool(mask.all())
         key = GraphKey(structure, language, head, padded, types is not None)
         args = (ids, mask) if padded else (ids,)

@@ -263,9 +263,10 @@ class Engine:
 
     def warmup(self, sparsities: Sequence[float]) -> None:
         """One small batch per size and task (and its traced graphs), so first requests pay no lazy initialisation."""
+        heads = {self._codecs[e].uses_head for e in self.endpoints}  # e.g. classify (head) and embed (encoder)
         for s in sparsities:
-            if self.graphs is not None:  # traced and optimised here, not on a request: the task's own endpoint
-                self.graphs.warm(self.structure(s), head=self._codecs[self.endpoint].uses_head)
+            for head in heads if self.graphs is not None else ():  # traced and optimised here, not on a request
+                self.graphs.warm(self.structure(s), head=head)  # type: ignore[union-attr]
             for endpoint in self.endpoints:
                 self.run(endpoint, self.structure(s), [[warm_up_item(endpoint)]])
 

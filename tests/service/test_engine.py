@@ -1,3 +1,4 @@
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,15 +120,23 @@ def test_a_mixed_length_batch_runs_unpadded(
     assert [score for _, score in out] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-5)
 
 
-def test_traced_graphs_serve_what_eager_serves(make_settings: Callable[..., Settings]) -> None:
+def test_traced_graphs_serve_what_eager_serves(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On CPU the engine runs each size as a traced graph (`dynsparse.graphs`): the answers of eager forwards."""
+    import dynsparse.graphs
+
     traced, eager = Engine.load(make_settings(traced_graphs=None)), Engine.load(make_settings(traced_graphs=False))
     assert traced.graphs is not None and eager.graphs is None
     traced.warmup([0.5])
-    assert len(traced.graphs) == 2  # padded and not, for the checkpoint's own task (classify); embed is traced later
-    groups = [TEXTS, ["w1", ("w2 w3", "w4")]]
-    for task in ("classify", "embed"):
-        want = eager.run(task, eager.structure(0.5), groups)
+    assert len(traced.graphs) == 4  # padded and not, for classify (the head's logits) and embed (the encoder's)
+
+    def eager_forward(*args: object) -> None:
+        raise AssertionError("a warmed size ran eagerly")
+
+    monkeypatch.setattr(dynsparse.graphs._Size, "forward", eager_forward)  # the graphs run without it
+    for task, groups in itertools.product(("classify", "embed"), ([TEXTS, ["w1", ("w2 w3", "w4")]], [["w5 w6"]])):
+        want = eager.run(task, eager.structure(0.5), groups)  # a padded batch, then one without padding
         got = traced.run(task, traced.structure(0.5), groups)
         for g, w in zip(got, want, strict=True):
             assert not isinstance(g, InputError) and not isinstance(w, InputError)
