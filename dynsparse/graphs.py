@@ -104,10 +104,9 @@ class SizeGraphs:
         takes the unpadded path here (eager skips it below 10% padding), so padding positions may differ."""
         padded = not bool(mask.all())
         key = GraphKey(structure, language, head, padded, types is not None)
-        args = (ids, mask) if padded else (ids,)
         graph = self._graphs[key] if key in self._graphs else self._on_use(key)
         run = graph if graph is not None else _Size(self.model, key)  # eager: the same forward, op by op
-        return run(*args, *((types,) if types is not None else ()))
+        return run(*_inputs(key, ids, mask, types))
 
     def _on_use(self, key: GraphKey) -> torch.jit.ScriptModule | None:
         """Trace `key` once it has been asked for `trace_after` times (and there is room); None: run eagerly."""
@@ -138,9 +137,7 @@ class SizeGraphs:
 
     def _trace(self, key: GraphKey) -> torch.jit.ScriptModule | None:
         ids, mask = _example(self.model)
-        args = (ids, mask) if key.padded else (ids,)
-        if key.types:
-            args = (*args, torch.zeros_like(ids))
+        args = _inputs(key, ids, mask, torch.zeros_like(ids) if key.types else None)
         began = time.perf_counter()
         with torch.no_grad(), warnings.catch_warnings():
             # the input checks before the graph (shape, language) become constants: the engine checked them
@@ -153,6 +150,11 @@ class SizeGraphs:
                 return None
         log.debug("traced %s in %.0f ms", key, (time.perf_counter() - began) * 1000)
         return graph
+
+
+def _inputs(key: GraphKey, ids: Tensor, mask: Tensor, types: Tensor | None) -> tuple[Tensor, ...]:
+    """The tensors `key`'s graph takes, in `_Size.forward`'s order."""
+    return (ids, *((mask,) if key.padded else ()), *((types,) if types is not None else ()))
 
 
 def _example(model: "ElasticModel") -> tuple[Tensor, Tensor]:

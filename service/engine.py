@@ -263,10 +263,10 @@ class Engine:
 
     def warmup(self, sparsities: Sequence[float]) -> None:
         """One small batch per size and task (and its traced graphs), so first requests pay no lazy initialisation."""
-        heads = {self._codecs[e].uses_head for e in self.endpoints}  # e.g. classify (head) and embed (encoder)
         for s in sparsities:
-            for head in heads if self.graphs is not None else ():  # traced and optimised here, not on a request
-                self.graphs.warm(self.structure(s), head=head)  # type: ignore[union-attr]
+            if self.graphs is not None:  # traced and optimised here, not on a request
+                for head in {self._codecs[e].uses_head for e in self.endpoints}:  # e.g. classify and embed
+                    self.graphs.warm(self.structure(s), head=head)
             for endpoint in self.endpoints:
                 self.run(endpoint, self.structure(s), [[warm_up_item(endpoint)]])
 
